@@ -1,0 +1,1 @@
+//! The class-incremental demonstration on bundled real data.

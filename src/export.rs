@@ -1,0 +1,329 @@
+//! Heads as safetensors files that PyTorch loads.
+//!
+//! A head file holds `{prefix}weight` (F32 [C, d]), `{prefix}bias` (F32 [C]) and
+//! `{prefix}class_ids` (I64 [C]; row i is class `class_ids[i]`), and `__metadata__` with
+//! `format` = `pt`, `headstart_version`, `form`, `scope`, `lambda`, `bias`, `samples`, `dim`,
+//! `classes` and `class_counts` (JSON lists), plus any extra entries the caller adds.
+//! `docs/formats.md` specifies the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::solve::Head;
+
+/// Why a head could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// A file system error, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The safetensors library refused the data.
+    #[error("{path}: not a valid safetensors file: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: safetensors::SafeTensorError,
+    },
+    /// The file lacks a tensor, or holds one of an unexpected shape or type.
+    #[error("{path}: {what}")]
+    Content {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Serialises a head to safetensors bytes.
+///
+/// `extra` entries are added to `__metadata__` (they may not replace the standard keys).
+///
+/// # Examples
+/// ```
+/// use headstart::{export, stats::Stats, solve::{Solver, SolveOptions}};
+/// let mut s = Stats::new(2);
+/// s.update(&[1.0f32, 0.0, 0.0, 1.0], &[10, 20])?;
+/// let head = Solver::new().solve(&s, &SolveOptions::default())?;
+/// let bytes = export::to_safetensors(&head, "fc.", &Default::default());
+/// let file = safetensors::SafeTensors::deserialize(&bytes)?;
+/// assert_eq!(file.tensor("fc.weight")?.shape(), &[2, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn to_safetensors(head: &Head, prefix: &str, extra: &BTreeMap<String, String>) -> Vec<u8> {
+    let weight: Vec<u8> = head
+        .weight
+        .iter()
+        .flat_map(|&w| (w as f32).to_le_bytes())
+        .collect();
+    let bias: Vec<u8> = head.bias.iter().flat_map(|&b| (b as f32).to_le_bytes()).collect();
+    let ids: Vec<u8> = head.class_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let c = head.rows();
+    let tensors = [
+        (
+            format!("{prefix}weight"),
+            TensorView::new(Dtype::F32, vec![c, head.dim], &weight),
+        ),
+        (
+            format!("{prefix}bias"),
+            TensorView::new(Dtype::F32, vec![c], &bias),
+        ),
+        (
+            format!("{prefix}class_ids"),
+            TensorView::new(Dtype::I64, vec![c], &ids),
+        ),
+    ]
+    .map(|(name, view)| (name, view.expect("sizes match by construction")));
+
+    let info = &head.info;
+    let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let json_list = |v: Vec<String>| format!("[{}]", v.join(","));
+    for (key, value) in [
+        ("format", "pt".to_string()),
+        ("headstart_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("form", info.form.to_string()),
+        ("scope", info.scope.to_string()),
+        ("lambda", format!("{:?}", info.lambda)),
+        ("bias", info.bias.to_string()),
+        ("samples", info.samples.to_string()),
+        ("dim", head.dim.to_string()),
+        (
+            "classes",
+            json_list(head.class_ids.iter().map(i64::to_string).collect()),
+        ),
+        (
+            "class_counts",
+            json_list(info.class_counts.iter().map(u64::to_string).collect()),
+        ),
+        ("prefix", prefix.to_string()),
+    ] {
+        meta.insert(key.to_string(), value);
+    }
+    safetensors::tensor::serialize(tensors, Some(meta)).expect("a head's header is small")
+}
+
+/// Writes a head atomically: a temporary file in the same folder, fsync, rename, fsync of
+/// the folder. On any error no file is left at `path` (an existing file stays as it was).
+///
+/// # Errors
+/// [`ExportError::Io`] naming the path.
+pub fn write_head(
+    path: &Path,
+    head: &Head,
+    prefix: &str,
+    extra: &BTreeMap<String, String>,
+) -> Result<(), ExportError> {
+    write_atomically(path, &to_safetensors(head, prefix, extra))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+///
+/// # Errors
+/// [`ExportError::Io`] naming the path.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let io = |source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".headstart-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        // Makes the rename durable; some file systems refuse fsync on folders, which is harmless.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A weight matrix read from a safetensors file, widened to f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightMatrix {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row-major values.
+    pub values: Vec<f64>,
+}
+
+/// Reads a 2-D weight tensor (F32, F64, F16 or BF16) from a safetensors file.
+///
+/// With `name = None` the file must hold exactly one 2-D tensor whose name is `weight` or ends
+/// in `.weight` (a classifier head, say `fc.weight`); otherwise name it.
+///
+/// # Errors
+/// [`ExportError`] naming the file and what is missing or wrong.
+pub fn read_weight(path: &Path, name: Option<&str>) -> Result<WeightMatrix, ExportError> {
+    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = |what: String| ExportError::Content {
+        path: path.to_path_buf(),
+        what,
+    };
+    let file = SafeTensors::deserialize(&bytes).map_err(|source| ExportError::Format {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let mut candidates: Vec<String> = file
+                .tensors()
+                .into_iter()
+                .filter(|(n, t)| (n == "weight" || n.ends_with(".weight")) && t.shape().len() == 2)
+                .map(|(n, _)| n)
+                .collect();
+            candidates.sort();
+            match candidates.len() {
+                1 => candidates.remove(0),
+                0 => {
+                    return Err(content("holds no 2-D tensor named 'weight' or '*.weight'".into()));
+                }
+                _ => {
+                    return Err(content(format!(
+                        "holds several 2-D weight tensors ({}); name the one to use",
+                        candidates.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let tensor = file
+        .tensor(&name)
+        .map_err(|_| content(format!("has no tensor '{name}'")))?;
+    let &[rows, cols] = tensor.shape() else {
+        return Err(content(format!(
+            "tensor '{name}' has shape {:?}, expected 2 dimensions",
+            tensor.shape()
+        )));
+    };
+    let data = tensor.data();
+    let values: Vec<f64> = match tensor.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(content(format!(
+                "tensor '{name}' has dtype {other:?}; expected F32, F64, F16 or BF16"
+            )));
+        }
+    };
+    if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+        return Err(content(format!(
+            "tensor '{name}' row {}, column {} is not finite",
+            pos / cols.max(1),
+            pos % cols.max(1)
+        )));
+    }
+    Ok(WeightMatrix {
+        name,
+        rows,
+        cols,
+        values,
+    })
+}
+
+/// A head read back from a file written by [`write_head`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredHead {
+    /// C × d weights, row-major (as stored, F32 widened).
+    pub weight: Vec<f64>,
+    /// C biases.
+    pub bias: Vec<f64>,
+    /// Class id of each row.
+    pub class_ids: Vec<i64>,
+    /// d.
+    pub dim: usize,
+    /// The `__metadata__` entries.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads a head file written by [`write_head`] with the given prefix.
+///
+/// # Errors
+/// [`ExportError`] naming the file and the missing or malformed tensor.
+pub fn read_head(path: &Path, prefix: &str) -> Result<StoredHead, ExportError> {
+    let w = read_weight(path, Some(&format!("{prefix}weight")))?;
+    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = |what: String| ExportError::Content {
+        path: path.to_path_buf(),
+        what,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|source| ExportError::Format {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|source| ExportError::Format {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bias = file
+        .tensor(&format!("{prefix}bias"))
+        .map_err(|_| content(format!("has no tensor '{prefix}bias'")))?;
+    let ids = file
+        .tensor(&format!("{prefix}class_ids"))
+        .map_err(|_| content(format!("has no tensor '{prefix}class_ids'")))?;
+    if bias.dtype() != Dtype::F32
+        || bias.shape() != [w.rows]
+        || ids.dtype() != Dtype::I64
+        || ids.shape() != [w.rows]
+    {
+        return Err(content(format!(
+            "bias or class_ids do not match {} rows of F32/I64",
+            w.rows
+        )));
+    }
+    Ok(StoredHead {
+        bias: bias
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        class_ids: ids
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        weight: w.values,
+        dim: w.cols,
+        metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(),
+    })
+}

@@ -1,0 +1,33 @@
+//! # headstart
+//!
+//! Least-squares classifier rows for new classes in a continually trained network, computed
+//! from a stream of labelled features with no stored data (Harun & Kanan, "A Good Start
+//! Matters", CoLLAs 2025).
+//!
+//! - [`stats`]: the additive statistics (count, Gram, class sums): an exact, mergeable monoid.
+//! - [`pipeline`]: producer handles and a reducer thread joined by bounded channels.
+//! - [`solve`]: LS heads (`nc`, `ridge`) for any class subset, and λ selection from held-out
+//!   statistics.
+//! - [`export`]: safetensors heads that PyTorch loads.
+//! - [`ingest`]: streaming `.npy` readers.
+//! - [`demo`]: the class-incremental demonstration on bundled real data.
+//!
+//! ```
+//! use headstart::{stats::Stats, solve::{Solver, SolveOptions}};
+//! let mut stats = Stats::new(2);
+//! stats.update(&[1.0f32, 0.1, 0.9, 0.0, 0.0, 1.0, 0.1, 1.1], &[3, 3, 8, 8])?;
+//! let head = Solver::new().solve(&stats, &SolveOptions::default())?;
+//! assert_eq!(head.class_ids, vec![3, 8]);
+//! let logits = head.logits(&[1.0, 0.0]);
+//! assert!(logits[0] > logits[1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod demo;
+pub mod export;
+pub mod ingest;
+pub mod pipeline;
+pub mod solve;
+pub mod stats;

@@ -1,0 +1,214 @@
+//! Producers → bounded channel → reducer thread.
+//!
+//! [`spawn`] starts a reducer thread that owns a [`Stats`] and returns a cloneable
+//! [`Producer`] handle (`Send + Sync`) and a [`Reducer`] handle.
+//!
+//! # Semantics
+//! - Every message travels through one bounded FIFO channel, so a full channel blocks
+//!   [`Producer::send`] (backpressure); nothing is ever queued without bound.
+//! - [`Producer::send`] validates the batch on the calling thread (a bad batch is refused
+//!   there, naming its row and column, and never reaches the state) and returns once the
+//!   batch is queued.
+//! - [`Producer::snapshot`] returns a copy of the state that includes **every batch whose
+//!   `send` returned before `snapshot` was called**, on any producer: those batches are ahead
+//!   of the request in the FIFO queue, and the reducer applies messages in queue order.
+//!   Batches sent concurrently with the request may or may not be included, but each is
+//!   either wholly in or wholly out. A solve mid-stream is `Solver::solve(&snapshot, …)`.
+//! - [`Producer::begin_task`] and [`Producer::retract`] are ordered the same way.
+//! - When every producer handle is dropped, the reducer drains the queue and stops;
+//!   [`Reducer::join`] then returns the final state.
+//! - If the reducer fails (a retraction of samples it does not hold), it stops at once: the
+//!   failed message changes nothing, later calls on any producer return
+//!   [`PipelineError::ReducerFailed`], and [`Reducer::join`] returns the error.
+//!
+//! # Examples
+//! ```
+//! use headstart::{pipeline, stats::{Batch, Stats}};
+//! let (producer, reducer) = pipeline::spawn(Stats::new(2), 4);
+//! let workers: Vec<_> = (0..3).map(|k| {
+//!     let p = producer.clone();
+//!     std::thread::spawn(move || p.send(Batch::new(vec![k as f32, 1.0], vec![k])))
+//! }).collect();
+//! for w in workers { w.join().unwrap()?; }
+//! assert_eq!(producer.snapshot()?.samples(), 3);
+//! drop(producer);
+//! let stats = reducer.join()?;
+//! assert_eq!(stats.classes(), vec![0, 1, 2]);
+//! # Ok::<(), headstart::pipeline::PipelineError>(())
+//! ```
+
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::stats::{Batch, BatchError, RetractError, Stats};
+
+/// Why a pipeline call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The batch was refused before it was queued; the state is untouched.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The reducer stopped on an error; nothing after the failing message was applied.
+    #[error("reducer stopped: {0}")]
+    ReducerFailed(#[source] ReducerError),
+    /// The reducer thread panicked.
+    #[error("reducer thread panicked: {0}")]
+    ReducerPanicked(String),
+}
+
+/// An error raised inside the reducer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReducerError {
+    /// A retraction was refused.
+    #[error("retract refused: {0}")]
+    Retract(#[from] RetractError),
+}
+
+enum Message {
+    Update(Batch),
+    Retract(Batch),
+    BeginTask,
+    Snapshot(Sender<Stats>),
+}
+
+struct Shared {
+    dim: usize,
+    failure: OnceLock<ReducerError>,
+}
+
+/// A cloneable handle that feeds the reducer. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Producer {
+    tx: Sender<Message>,
+    shared: Arc<Shared>,
+}
+
+/// The reducer thread's handle.
+pub struct Reducer {
+    handle: JoinHandle<Result<Stats, ReducerError>>,
+}
+
+/// Starts a reducer that owns `initial` and a channel holding at most `capacity` messages
+/// (at least 1).
+pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
+    let (tx, rx) = bounded(capacity.max(1));
+    let shared = Arc::new(Shared {
+        dim: initial.dim(),
+        failure: OnceLock::new(),
+    });
+    let reducer_shared = Arc::clone(&shared);
+    let handle = std::thread::Builder::new()
+        .name("headstart-reducer".into())
+        .spawn(move || reduce(initial, rx, &reducer_shared))
+        .expect("spawning the reducer thread");
+    (Producer { tx, shared }, Reducer { handle })
+}
+
+fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<Stats, ReducerError> {
+    for message in rx.iter() {
+        let outcome = match message {
+            Message::Update(batch) => {
+                stats
+                    .update_batch(&batch)
+                    .expect("batches are validated before they are queued");
+                Ok(())
+            }
+            Message::Retract(batch) => stats.retract_batch(&batch).map_err(ReducerError::from),
+            Message::BeginTask => {
+                stats.begin_task();
+                Ok(())
+            }
+            Message::Snapshot(reply) => {
+                // The requester may have given up; that is not the reducer's error.
+                let _ = reply.send(stats.clone());
+                Ok(())
+            }
+        };
+        if let Err(e) = outcome {
+            let _ = shared.failure.set(e.clone());
+            // Dropping `rx` on return makes every blocked or later send fail at once.
+            return Err(e);
+        }
+    }
+    Ok(stats)
+}
+
+impl Producer {
+    /// The feature dimension the reducer expects.
+    pub fn dim(&self) -> usize {
+        self.shared.dim
+    }
+
+    /// Validates `batch` here and queues it; blocks while the channel is full.
+    ///
+    /// # Errors
+    /// [`PipelineError::Batch`] for a malformed batch (nothing queued);
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    pub fn send(&self, batch: Batch) -> Result<(), PipelineError> {
+        batch.validate(self.shared.dim)?;
+        self.put(Message::Update(batch))
+    }
+
+    /// Queues the retraction of a batch sent earlier in the current task.
+    ///
+    /// # Errors
+    /// [`PipelineError::Batch`] for a malformed batch. A retraction the reducer refuses
+    /// stops the reducer; the error then reaches later calls and [`Reducer::join`].
+    pub fn retract(&self, batch: Batch) -> Result<(), PipelineError> {
+        batch.validate(self.shared.dim)?;
+        self.put(Message::Retract(batch))
+    }
+
+    /// Queues a task boundary (see [`Stats::begin_task`]).
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    pub fn begin_task(&self) -> Result<(), PipelineError> {
+        self.put(Message::BeginTask)
+    }
+
+    /// A copy of the state including every batch whose `send` returned before this call.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    pub fn snapshot(&self) -> Result<Stats, PipelineError> {
+        let (reply_tx, reply_rx) = bounded(1);
+        self.put(Message::Snapshot(reply_tx))?;
+        reply_rx.recv().map_err(|_| self.stopped())
+    }
+
+    fn put(&self, message: Message) -> Result<(), PipelineError> {
+        self.tx.send(message).map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> PipelineError {
+        match self.shared.failure.get() {
+            Some(e) => PipelineError::ReducerFailed(e.clone()),
+            None => PipelineError::ReducerPanicked("the reducer exited unexpectedly".into()),
+        }
+    }
+}
+
+impl Reducer {
+    /// Waits until every [`Producer`] is dropped and the queue is drained, then returns the
+    /// final state.
+    ///
+    /// # Errors
+    /// The reducer's error, or [`PipelineError::ReducerPanicked`].
+    pub fn join(self) -> Result<Stats, PipelineError> {
+        match self.handle.join() {
+            Ok(result) => result.map_err(PipelineError::ReducerFailed),
+            Err(panic) => Err(PipelineError::ReducerPanicked(
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Labelled feature batches and their validation.
+
+use std::fmt;
+
+/// A floating-point feature type that a batch may hold: `f32` or `f64`.
+///
+/// Both are widened to `f64` (exactly) before they touch the statistics.
+pub trait Feature: Copy + Send + Sync + 'static + fmt::Debug {
+    /// The value as `f64` (exact for both `f32` and `f64`).
+    fn to_f64(self) -> f64;
+    /// Whether the value is neither NaN nor infinite.
+    fn is_finite_value(self) -> bool;
+    /// The slice itself when it already holds `f64`, so that it need not be copied.
+    fn as_f64_slice(values: &[Self]) -> Option<&[f64]> {
+        let _ = values;
+        None
+    }
+}
+
+impl Feature for f32 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn is_finite_value(self) -> bool {
+        self.is_finite()
+    }
+}
+
+impl Feature for f64 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn as_f64_slice(values: &[Self]) -> Option<&[f64]> {
+        Some(values)
+    }
+    #[inline]
+    fn is_finite_value(self) -> bool {
+        self.is_finite()
+    }
+}
+
+/// Why a batch was rejected. A rejected batch never changes any state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The feature buffer does not hold `labels × dim` values.
+    #[error(
+        "batch has {values} feature values for {labels} labels, expected {labels} rows × {dim} columns = {expected}"
+    )]
+    Shape {
+        /// Number of feature values given.
+        values: usize,
+        /// Number of labels given.
+        labels: usize,
+        /// Feature dimension of the state.
+        dim: usize,
+        /// `labels × dim`.
+        expected: usize,
+    },
+    /// A feature value is NaN or infinite.
+    #[error("batch row {row}, column {col}: feature value {value} is not finite")]
+    NonFinite {
+        /// Row within the batch (0-based).
+        row: usize,
+        /// Column (0-based).
+        col: usize,
+        /// The offending value, as text (`NaN`, `inf`, `-inf`).
+        value: String,
+    },
+}
+
+/// Checks that `features` holds `labels.len()` finite rows of `dim` values.
+///
+/// # Errors
+/// [`BatchError::Shape`] or [`BatchError::NonFinite`] (naming the first bad row and column).
+///
+/// # Examples
+/// ```
+/// use headstart::stats::{validate_batch, BatchError};
+/// assert!(validate_batch(&[1.0f32, 2.0, 3.0, 4.0], &[7, 8], 2).is_ok());
+/// let err = validate_batch(&[1.0f64, f64::NAN], &[7], 2).unwrap_err();
+/// assert!(matches!(err, BatchError::NonFinite { row: 0, col: 1, .. }));
+/// ```
+pub fn validate_batch<T: Feature>(features: &[T], labels: &[i64], dim: usize) -> Result<(), BatchError> {
+    let expected = labels.len().checked_mul(dim);
+    if expected != Some(features.len()) {
+        return Err(BatchError::Shape {
+            values: features.len(),
+            labels: labels.len(),
+            dim,
+            expected: expected.unwrap_or(usize::MAX),
+        });
+    }
+    if let Some(pos) = features.iter().position(|v| !v.is_finite_value()) {
+        return Err(BatchError::NonFinite {
+            row: pos / dim,
+            col: pos % dim,
+            value: format!("{:?}", features[pos]),
+        });
+    }
+    Ok(())
+}
+
+/// Feature values of an owned batch, in either precision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Features {
+    /// Single-precision rows, row-major.
+    F32(Vec<f32>),
+    /// Double-precision rows, row-major.
+    F64(Vec<f64>),
+}
+
+impl Features {
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        match self {
+            Features::F32(v) => v.len(),
+            Features::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether no values are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<f32>> for Features {
+    fn from(v: Vec<f32>) -> Self {
+        Features::F32(v)
+    }
+}
+
+impl From<Vec<f64>> for Features {
+    fn from(v: Vec<f64>) -> Self {
+        Features::F64(v)
+    }
+}
+
+/// An owned batch: `labels.len()` rows of features (row-major) and one label per row.
+///
+/// This is what travels through the [`pipeline`](crate::pipeline).
+///
+/// # Examples
+/// ```
+/// use headstart::stats::Batch;
+/// let batch = Batch::new(vec![1.0f32, 0.0, 0.0, 1.0], vec![3, 5]);
+/// assert_eq!(batch.rows(), 2);
+/// assert!(batch.validate(2).is_ok());
+/// assert!(batch.validate(3).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Feature rows, row-major.
+    pub features: Features,
+    /// One class id per row.
+    pub labels: Vec<i64>,
+}
+
+impl Batch {
+    /// A batch from row-major features (`Vec<f32>` or `Vec<f64>`) and labels.
+    pub fn new(features: impl Into<Features>, labels: Vec<i64>) -> Self {
+        Batch {
+            features: features.into(),
+            labels,
+        }
+    }
+
+    /// Number of rows (labels).
+    pub fn rows(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Validates the batch against a feature dimension; see [`validate_batch`].
+    ///
+    /// # Errors
+    /// As [`validate_batch`].
+    pub fn validate(&self, dim: usize) -> Result<(), BatchError> {
+        match &self.features {
+            Features::F32(v) => validate_batch(v, &self.labels, dim),
+            Features::F64(v) => validate_batch(v, &self.labels, dim),
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The additive statistics: an exact, mergeable monoid.
+//!
+//! [`Stats`] keeps, for a feature dimension `d` fixed at creation, the sample count N, the
+//! Gram matrix G = Σ x xᵀ (lower triangle, f64), the global sum Σ x, and per-class sums and
+//! counts for arbitrary `i64` class ids. Everything is a sum over samples, so two states
+//! [`merge`](Stats::merge) exactly (up to f64 rounding), the empty state is the identity, and
+//! [`retract`](Stats::retract) subtracts what [`update`](Stats::update) added.
+//!
+//! The statistics are kept in two segments: what arrived before the last
+//! [`begin_task`](Stats::begin_task) and what arrived since. A solve with scope `all` adds the
+//! two; scope `task` uses the second alone. Each sample is accumulated once, so the marker
+//! costs nothing per update.
+
+mod batch;
+
+pub use batch::{Batch, BatchError, Feature, Features, validate_batch};
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use faer::{Accum, Mat, MatRef, Par};
+
+/// Source of state versions, unique across all [`Stats`] values in the process.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Why a [`Stats::retract`] was refused. A refused retraction changes nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetractError {
+    /// The batch itself is malformed.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The batch holds a class the current task segment has never seen.
+    #[error("cannot retract class {class}: it has no samples in the current task segment")]
+    UnknownClass {
+        /// The class id.
+        class: i64,
+    },
+    /// The batch holds more samples of a class than the current task segment has.
+    #[error(
+        "cannot retract {retracting} samples of class {class}: the current task segment holds only {have}"
+    )]
+    TooFewSamples {
+        /// The class id.
+        class: i64,
+        /// Samples of that class in the segment.
+        have: u64,
+        /// Samples of that class in the batch.
+        retracting: u64,
+    },
+}
+
+/// Why two states cannot be merged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The states have different feature dimensions.
+    #[error("cannot merge states of different dimensions: {left} and {right}")]
+    Dimension {
+        /// Dimension of the receiving state.
+        left: usize,
+        /// Dimension of the other state.
+        right: usize,
+    },
+}
+
+/// Per-class accumulators.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClassMoments {
+    pub(crate) count: u64,
+    pub(crate) sum: Vec<f64>,
+}
+
+/// One segment of the statistics (sums over a set of samples).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Moments {
+    pub(crate) n: u64,
+    /// G = Σ x xᵀ; only the lower triangle (diagonal included) is kept up to date.
+    pub(crate) gram: Mat<f64>,
+    pub(crate) sum: Vec<f64>,
+    pub(crate) classes: BTreeMap<i64, ClassMoments>,
+}
+
+impl Moments {
+    fn new(dim: usize) -> Self {
+        Moments {
+            n: 0,
+            gram: Mat::zeros(dim, dim),
+            sum: vec![0.0; dim],
+            classes: BTreeMap::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        let dim = self.sum.len();
+        *self = Moments::new(dim);
+    }
+
+    /// Adds `sign` × (the statistics of `rows`) to this segment; `rows` is validated already.
+    fn accumulate(&mut self, rows: MatRef<'_, f64>, labels: &[i64], sign: f64) {
+        matmul(
+            self.gram.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            rows.transpose(),
+            BlockStructure::Rectangular,
+            rows,
+            BlockStructure::Rectangular,
+            sign,
+            Par::Seq,
+        );
+        let dim = self.sum.len();
+        for (i, &label) in labels.iter().enumerate() {
+            let row = rows.row(i);
+            let class = self.classes.entry(label).or_insert_with(|| ClassMoments {
+                count: 0,
+                sum: vec![0.0; dim],
+            });
+            for (j, (s, g)) in class.sum.iter_mut().zip(self.sum.iter_mut()).enumerate() {
+                let v = sign * row[j];
+                *s += v;
+                *g += v;
+            }
+        }
+    }
+
+    fn add(&mut self, other: &Moments) {
+        self.n += other.n;
+        self.gram += &other.gram;
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (&id, class) in &other.classes {
+            match self.classes.get_mut(&id) {
+                Some(mine) => {
+                    mine.count += class.count;
+                    for (a, b) in mine.sum.iter_mut().zip(&class.sum) {
+                        *a += b;
+                    }
+                }
+                None => {
+                    self.classes.insert(id, class.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Streaming sufficient statistics for least-squares heads.
+///
+/// Memory is O(d² + C·d) however many samples arrive.
+///
+/// # Examples
+/// ```
+/// use headstart::stats::Stats;
+/// let mut a = Stats::new(2);
+/// a.update(&[1.0f32, 2.0, 3.0, 4.0], &[7, 9])?;
+/// let mut b = Stats::new(2);
+/// b.update(&[5.0f64, 6.0], &[7])?;
+/// a.merge(&b)?;
+/// assert_eq!(a.samples(), 3);
+/// assert_eq!(a.classes(), vec![7, 9]);
+/// assert_eq!(a.class_count(7), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Stats {
+    dim: usize,
+    /// Samples that arrived before the last `begin_task`.
+    before: Moments,
+    /// Samples that arrived since the last `begin_task` (all samples if it was never called).
+    task: Moments,
+    tasks_begun: u64,
+    version: u64,
+}
+
+impl PartialEq for Stats {
+    /// Equal contents; the version (an identity for caching) is ignored.
+    fn eq(&self, other: &Self) -> bool {
+        self.dim == other.dim
+            && self.before == other.before
+            && self.task == other.task
+            && self.tasks_begun == other.tasks_begun
+    }
+}
+
+impl Stats {
+    /// The empty state (the identity of [`merge`](Stats::merge)) for `dim`-dimensional features.
+    ///
+    /// # Panics
+    /// If `dim` is zero.
+    ///
+    /// # Examples
+    /// ```
+    /// let s = headstart::stats::Stats::new(768);
+    /// assert_eq!((s.dim(), s.samples()), (768, 0));
+    /// ```
+    pub fn new(dim: usize) -> Self {
+        assert!(dim > 0, "feature dimension must be positive");
+        Stats {
+            dim,
+            before: Moments::new(dim),
+            task: Moments::new(dim),
+            tasks_begun: 0,
+            version: next_version(),
+        }
+    }
+
+    /// The feature dimension d.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Total number of samples N (both segments).
+    pub fn samples(&self) -> u64 {
+        self.before.n + self.task.n
+    }
+
+    /// Number of samples since the last [`begin_task`](Stats::begin_task).
+    ///
+    /// # Examples
+    /// ```
+    /// let mut s = headstart::stats::Stats::new(1);
+    /// s.update(&[1.0f32], &[0])?;
+    /// s.begin_task();
+    /// s.update(&[2.0f32, 3.0], &[1, 1])?;
+    /// assert_eq!((s.samples(), s.task_samples()), (3, 2));
+    /// # Ok::<(), headstart::stats::BatchError>(())
+    /// ```
+    pub fn task_samples(&self) -> u64 {
+        self.task.n
+    }
+
+    /// How many times [`begin_task`](Stats::begin_task) was called (summed over merged states).
+    pub fn tasks_begun(&self) -> u64 {
+        self.tasks_begun
+    }
+
+    /// An identity for this exact content: it changes on every mutation and is unique across
+    /// all states in the process (clones share it until one of them changes).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// All class ids seen (in either segment), ascending.
+    pub fn classes(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .before
+            .classes
+            .keys()
+            .chain(self.task.classes.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Class ids with samples since the last [`begin_task`](Stats::begin_task), ascending.
+    pub fn task_classes(&self) -> Vec<i64> {
+        self.task.classes.keys().copied().collect()
+    }
+
+    /// Number of samples of class `id` over both segments (0 if never seen).
+    pub fn class_count(&self, id: i64) -> u64 {
+        let count = |m: &Moments| m.classes.get(&id).map_or(0, |c| c.count);
+        count(&self.before) + count(&self.task)
+    }
+
+    /// Bytes held by the statistics (Gram matrices and sums), for memory reports.
+    pub fn heap_bytes(&self) -> usize {
+        let seg = |m: &Moments| {
+            (m.gram.nrows() * m.gram.ncols() + m.sum.len() + m.classes.len() * (self.dim + 4)) * 8
+        };
+        seg(&self.before) + seg(&self.task)
+    }
+
+    /// Adds a batch: `labels.len()` rows of `dim` features (row-major, `f32` or `f64`).
+    ///
+    /// The Gram matrix is updated by one rank-B product (faer, lower triangle). The batch is
+    /// validated first; a rejected batch leaves the state untouched.
+    ///
+    /// # Errors
+    /// [`BatchError::Shape`] if `features.len() != labels.len() × dim`;
+    /// [`BatchError::NonFinite`] naming the first NaN/Inf value's row and column.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut s = headstart::stats::Stats::new(3);
+    /// s.update(&[1.0f32, 2.0, 3.0], &[42])?;
+    /// assert!(s.update(&[1.0f32, f32::NAN, 3.0], &[42]).is_err());
+    /// assert_eq!(s.samples(), 1);
+    /// # Ok::<(), headstart::stats::BatchError>(())
+    /// ```
+    pub fn update<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
+        validate_batch(features, labels, self.dim)?;
+        if labels.is_empty() {
+            return Ok(());
+        }
+        with_f64_rows(features, labels.len(), self.dim, |rows| {
+            self.task.accumulate(rows, labels, 1.0);
+        });
+        self.task.n += labels.len() as u64;
+        self.version = next_version();
+        Ok(())
+    }
+
+    /// Adds an owned [`Batch`]; see [`update`](Stats::update).
+    ///
+    /// # Errors
+    /// As [`update`](Stats::update).
+    pub fn update_batch(&mut self, batch: &Batch) -> Result<(), BatchError> {
+        match &batch.features {
+            Features::F32(v) => self.update(v, &batch.labels),
+            Features::F64(v) => self.update(v, &batch.labels),
+        }
+    }
+
+    /// Undoes [`update`](Stats::update) of the same batch within the current task segment
+    /// (unlearning). Exact up to f64 rounding; counts are exact, and a class whose count
+    /// returns to zero is forgotten.
+    ///
+    /// # Errors
+    /// A malformed batch, or one holding a class (or more samples of it) than the current
+    /// task segment has; the state is then untouched.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut s = headstart::stats::Stats::new(2);
+    /// s.update(&[1.0f64, 2.0, 3.0, 4.0], &[0, 1])?;
+    /// s.retract(&[3.0f64, 4.0], &[1])?;
+    /// assert_eq!(s.classes(), vec![0]);
+    /// assert!(s.retract(&[3.0f64, 4.0], &[1]).is_err());
+    /// # Ok::<(), headstart::stats::RetractError>(())
+    /// ```
+    pub fn retract<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), RetractError> {
+        validate_batch(features, labels, self.dim)?;
+        let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+        for &l in labels {
+            *counts.entry(l).or_insert(0) += 1;
+        }
+        for (&class, &retracting) in &counts {
+            match self.task.classes.get(&class) {
+                None => return Err(RetractError::UnknownClass { class }),
+                Some(c) if c.count < retracting => {
+                    return Err(RetractError::TooFewSamples {
+                        class,
+                        have: c.count,
+                        retracting,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if labels.is_empty() {
+            return Ok(());
+        }
+        with_f64_rows(features, labels.len(), self.dim, |rows| {
+            self.task.accumulate(rows, labels, -1.0);
+        });
+        self.task.n -= labels.len() as u64;
+        for (class, retracting) in counts {
+            let entry = self.task.classes.get_mut(&class).expect("checked above");
+            entry.count -= retracting;
+            if entry.count == 0 {
+                self.task.classes.remove(&class);
+            }
+        }
+        if self.task.n == 0 {
+            // Nothing left: drop the rounding residue too.
+            self.task.clear();
+        }
+        self.version = next_version();
+        Ok(())
+    }
+
+    /// Retracts an owned [`Batch`]; see [`retract`](Stats::retract).
+    ///
+    /// # Errors
+    /// As [`retract`](Stats::retract).
+    pub fn retract_batch(&mut self, batch: &Batch) -> Result<(), RetractError> {
+        match &batch.features {
+            Features::F32(v) => self.retract(v, &batch.labels),
+            Features::F64(v) => self.retract(v, &batch.labels),
+        }
+    }
+
+    /// Starts a new task: what arrived so far moves to the "before" segment, and a solve with
+    /// scope `task` sees only what arrives from now on. Costs O(d²) once.
+    pub fn begin_task(&mut self) {
+        let task = std::mem::replace(&mut self.task, Moments::new(self.dim));
+        self.before.add(&task);
+        self.tasks_begun += 1;
+        self.version = next_version();
+    }
+
+    /// Adds another state's statistics, segment by segment (the merged task segment holds
+    /// both states' task segments). The empty state is the identity; merging is associative
+    /// and commutative up to f64 rounding.
+    ///
+    /// # Errors
+    /// [`MergeError::Dimension`] if the dimensions differ; the state is then untouched.
+    pub fn merge(&mut self, other: &Stats) -> Result<(), MergeError> {
+        if self.dim != other.dim {
+            return Err(MergeError::Dimension {
+                left: self.dim,
+                right: other.dim,
+            });
+        }
+        self.before.add(&other.before);
+        self.task.add(&other.task);
+        self.tasks_begun = self.tasks_begun.max(other.tasks_begun);
+        self.version = next_version();
+        Ok(())
+    }
+
+    /// The segments making up a scope: `[before, task]` for all data, `[task]` for the task.
+    pub(crate) fn segments(&self, task_only: bool) -> Vec<&Moments> {
+        if task_only {
+            vec![&self.task]
+        } else {
+            vec![&self.before, &self.task]
+        }
+    }
+
+    /// Rebuilds a state from its parts (used by deserialisation and tests of internals).
+    #[allow(dead_code)]
+    pub(crate) fn from_parts(dim: usize, before: Moments, task: Moments, tasks_begun: u64) -> Self {
+        Stats {
+            dim,
+            before,
+            task,
+            tasks_begun,
+            version: next_version(),
+        }
+    }
+}
+
+/// Calls `f` with the batch as an f64 row-major matrix, widening `f32` into a scratch buffer.
+fn with_f64_rows<T: Feature>(features: &[T], rows: usize, dim: usize, f: impl FnOnce(MatRef<'_, f64>)) {
+    if let Some(exact) = T::as_f64_slice(features) {
+        f(MatRef::from_row_major_slice(exact, rows, dim));
+        return;
+    }
+    let wide: Vec<f64> = features.iter().map(|v| v.to_f64()).collect();
+    f(MatRef::from_row_major_slice(&wide, rows, dim));
+}
