@@ -1,3 +1,7 @@
+//! The `headstart` command-line tool.
+
+mod cli;
+
 fn main() {
-    println!("Hello, world!");
+    std::process::exit(cli::main());
 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use faer::linalg::solvers::{Llt, Solve};
 use faer::{Mat, Side};
 
+pub use crate::stats::Scope;
 use crate::stats::{Moments, Stats};
 
 /// Which least-squares head to solve.
@@ -35,16 +36,6 @@ pub enum Form {
     Nc,
     /// Ridge regression of one-hot targets, bias unpenalised.
     Ridge,
-}
-
-/// Which samples a solve uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Scope {
-    /// Every sample.
-    #[default]
-    All,
-    /// Only samples since the last [`Stats::begin_task`].
-    Task,
 }
 
 macro_rules! text_enum {

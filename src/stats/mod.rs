@@ -69,6 +69,16 @@ pub enum MergeError {
     },
 }
 
+/// Which samples a question about the state covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Scope {
+    /// Every sample.
+    #[default]
+    All,
+    /// Only samples since the last [`Stats::begin_task`].
+    Task,
+}
+
 /// Per-class accumulators.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ClassMoments {
@@ -101,7 +111,8 @@ impl Moments {
         *self = Moments::new(dim);
     }
 
-    /// Adds `sign` × (the statistics of `rows`) to this segment; `rows` is validated already.
+    /// Adds (`sign` = 1) or removes (`sign` = −1) the statistics of `rows`, counts included;
+    /// `rows` is validated already, and for removal the counts were checked.
     fn accumulate(&mut self, rows: MatRef<'_, f64>, labels: &[i64], sign: f64) {
         matmul(
             self.gram.as_mut(),
@@ -114,6 +125,11 @@ impl Moments {
             sign,
             Par::Seq,
         );
+        if sign > 0.0 {
+            self.n += labels.len() as u64;
+        } else {
+            self.n -= labels.len() as u64;
+        }
         let dim = self.sum.len();
         for (i, &label) in labels.iter().enumerate() {
             let row = rows.row(i);
@@ -121,6 +137,11 @@ impl Moments {
                 count: 0,
                 sum: vec![0.0; dim],
             });
+            if sign > 0.0 {
+                class.count += 1;
+            } else {
+                class.count -= 1;
+            }
             for (j, (s, g)) in class.sum.iter_mut().zip(self.sum.iter_mut()).enumerate() {
                 let v = sign * row[j];
                 *s += v;
@@ -305,7 +326,6 @@ impl Stats {
         with_f64_rows(features, labels.len(), self.dim, |rows| {
             self.task.accumulate(rows, labels, 1.0);
         });
-        self.task.n += labels.len() as u64;
         self.version = next_version();
         Ok(())
     }
@@ -363,14 +383,7 @@ impl Stats {
         with_f64_rows(features, labels.len(), self.dim, |rows| {
             self.task.accumulate(rows, labels, -1.0);
         });
-        self.task.n -= labels.len() as u64;
-        for (class, retracting) in counts {
-            let entry = self.task.classes.get_mut(&class).expect("checked above");
-            entry.count -= retracting;
-            if entry.count == 0 {
-                self.task.classes.remove(&class);
-            }
-        }
+        self.task.classes.retain(|_, c| c.count > 0);
         if self.task.n == 0 {
             // Nothing left: drop the rounding residue too.
             self.task.clear();
@@ -417,6 +430,54 @@ impl Stats {
         self.tasks_begun = self.tasks_begun.max(other.tasks_begun);
         self.version = next_version();
         Ok(())
+    }
+
+    /// The full symmetric Gram matrix G = Σ x xᵀ over `scope`.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::stats::{Scope, Stats};
+    /// let mut s = Stats::new(2);
+    /// s.update(&[1.0f32, 2.0], &[0])?;
+    /// let g = s.gram(Scope::All);
+    /// assert_eq!((g[(0, 1)], g[(1, 0)], g[(1, 1)]), (2.0, 2.0, 4.0));
+    /// # Ok::<(), headstart::stats::BatchError>(())
+    /// ```
+    pub fn gram(&self, scope: Scope) -> Mat<f64> {
+        let mut g = Mat::zeros(self.dim, self.dim);
+        for seg in self.segments(scope == Scope::Task) {
+            g += &seg.gram;
+        }
+        for j in 0..self.dim {
+            for i in 0..j {
+                g[(i, j)] = g[(j, i)];
+            }
+        }
+        g
+    }
+
+    /// The number of samples and the sum Σ x over `scope`.
+    pub fn sum(&self, scope: Scope) -> (u64, Vec<f64>) {
+        let mut sum = vec![0.0; self.dim];
+        let mut n = 0;
+        for seg in self.segments(scope == Scope::Task) {
+            n += seg.n;
+            sum.iter_mut().zip(&seg.sum).for_each(|(a, b)| *a += b);
+        }
+        (n, sum)
+    }
+
+    /// The count and sum of class `id` over `scope`, or `None` if it has no samples there.
+    pub fn class_sum(&self, id: i64, scope: Scope) -> Option<(u64, Vec<f64>)> {
+        let mut out: Option<(u64, Vec<f64>)> = None;
+        for seg in self.segments(scope == Scope::Task) {
+            if let Some(c) = seg.classes.get(&id) {
+                let (n, sum) = out.get_or_insert_with(|| (0, vec![0.0; self.dim]));
+                *n += c.count;
+                sum.iter_mut().zip(&c.sum).for_each(|(a, b)| *a += b);
+            }
+        }
+        out
     }
 
     /// The segments making up a scope: `[before, task]` for all data, `[task]` for the task.

@@ -1,0 +1,218 @@
+//! Solved heads against a brute-force f64 solve from the explicit design matrix.
+//!
+//! The reference never touches the streaming statistics: it builds X (N × d) and the one-hot
+//! targets, forms the normal equations with explicit loops, and solves them by Gaussian
+//! elimination with partial pivoting (tests/common). For `ridge` it solves the (d+1)-unknown
+//! least-squares problem with an explicit bias column, so the centring identity used by the
+//! solver is checked too.
+
+mod common;
+
+use common::{SOLVE_REL_TOL, gauss_solve, labelled_data, rel_err, rows};
+use headstart::solve::{Form, Head, Scope, SolveOptions, Solver};
+use headstart::stats::Stats;
+
+const D: usize = 11;
+const CLASSES: [i64; 5] = [-7, 0, 3, 42, 1_000_000_007];
+
+/// Reference head from explicit rows (the scope's rows only).
+fn reference(
+    x: &[f64],
+    y: &[i64],
+    classes: &[i64],
+    form: Form,
+    bias: bool,
+    lambda: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = y.len() as f64;
+    let xs = rows(x, D);
+    let c = classes.len();
+    let mut gram = vec![vec![0.0; D]; D];
+    let mut mean = vec![0.0; D];
+    for r in &xs {
+        for i in 0..D {
+            mean[i] += r[i] / n;
+            for j in 0..D {
+                gram[i][j] += r[i] * r[j] / n;
+            }
+        }
+    }
+    let mut weight = vec![0.0; c * D];
+    let mut b = vec![0.0; c];
+    match (form, bias) {
+        (Form::Nc, _) => {
+            let mut a = gram.clone();
+            (0..D).for_each(|i| a[i][i] += lambda);
+            let mut rhs = vec![vec![0.0; c]; D];
+            for (k, &id) in classes.iter().enumerate() {
+                let members: Vec<&&[f64]> = xs
+                    .iter()
+                    .zip(y)
+                    .filter(|(_, l)| **l == id)
+                    .map(|(r, _)| r)
+                    .collect();
+                for i in 0..D {
+                    rhs[i][k] = members.iter().map(|r| r[i]).sum::<f64>() / members.len() as f64 / c as f64;
+                }
+            }
+            let w = gauss_solve(a, rhs);
+            for k in 0..c {
+                for i in 0..D {
+                    weight[k * D + i] = w[i][k];
+                }
+                if bias {
+                    b[k] = 1.0 / c as f64 - (0..D).map(|i| w[i][k] * mean[i]).sum::<f64>();
+                }
+            }
+        }
+        (Form::Ridge, false) => {
+            let mut a = gram.clone();
+            (0..D).for_each(|i| a[i][i] += lambda);
+            let mut rhs = vec![vec![0.0; c]; D];
+            for (r, l) in xs.iter().zip(y) {
+                if let Some(k) = classes.iter().position(|id| id == l) {
+                    (0..D).for_each(|i| rhs[i][k] += r[i] / n);
+                }
+            }
+            let w = gauss_solve(a, rhs);
+            for k in 0..c {
+                (0..D).for_each(|i| weight[k * D + i] = w[i][k]);
+            }
+        }
+        (Form::Ridge, true) => {
+            // Unknowns [w; b]: minimise (1/N)Σ(w·x + b − y)² + λ‖w‖².
+            let mut a = vec![vec![0.0; D + 1]; D + 1];
+            for i in 0..D {
+                for j in 0..D {
+                    a[i][j] = gram[i][j];
+                }
+                a[i][i] += lambda;
+                a[i][D] = mean[i];
+                a[D][i] = mean[i];
+            }
+            a[D][D] = 1.0;
+            let mut rhs = vec![vec![0.0; c]; D + 1];
+            for (r, l) in xs.iter().zip(y) {
+                if let Some(k) = classes.iter().position(|id| id == l) {
+                    (0..D).for_each(|i| rhs[i][k] += r[i] / n);
+                    rhs[D][k] += 1.0 / n;
+                }
+            }
+            let w = gauss_solve(a, rhs);
+            for k in 0..c {
+                (0..D).for_each(|i| weight[k * D + i] = w[i][k]);
+                b[k] = w[D][k];
+            }
+        }
+    }
+    (weight, b)
+}
+
+/// Streams the data in uneven batches, half f32-exact values sent as f32, with a task marker.
+fn build_state(x: &[f64], y: &[i64], task_start: usize) -> Stats {
+    let mut s = Stats::new(D);
+    let mut start = 0;
+    for (i, size) in [1usize, 7, 64, 3, 200, 31].iter().cycle().enumerate() {
+        if start >= y.len() {
+            break;
+        }
+        let end = (start + size).min(y.len());
+        let end = if start < task_start {
+            end.min(task_start)
+        } else {
+            end
+        };
+        let xb = &x[start * D..end * D];
+        if i % 2 == 0 {
+            let narrowed: Vec<f32> = xb.iter().map(|&v| v as f32).collect();
+            s.update(&narrowed, &y[start..end]).unwrap();
+        } else {
+            s.update(xb, &y[start..end]).unwrap();
+        }
+        start = end;
+        if start == task_start {
+            s.begin_task();
+        }
+    }
+    s
+}
+
+fn check(head: &Head, expected: &(Vec<f64>, Vec<f64>)) -> f64 {
+    let ew = rel_err(&head.weight, &expected.0);
+    let eb = if expected.1.iter().all(|&b| b == 0.0) {
+        assert!(
+            head.bias.iter().all(|&b| b == 0.0),
+            "bias must be exactly zero without bias"
+        );
+        0.0
+    } else {
+        rel_err(&head.bias, &expected.1)
+    };
+    ew.max(eb)
+}
+
+#[test]
+fn every_form_scope_bias_and_subset_matches_the_design_matrix_solve() {
+    let (x, y) = labelled_data(11, 600, D, &CLASSES);
+    // Values exactly representable in f32, so f32 and f64 batches carry the same numbers.
+    let x: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+    let task_start = 250;
+    let stats = build_state(&x, &y, task_start);
+    let solver = Solver::new();
+    let mut worst: f64 = 0.0;
+    let mut cases = 0;
+    for form in [Form::Nc, Form::Ridge] {
+        for bias in [true, false] {
+            for scope in [Scope::All, Scope::Task] {
+                for lambda in [0.0, 1e-3, 0.5] {
+                    let factored_before = solver.factorisations();
+                    for subset in [None, Some(vec![42, -7]), Some(vec![1_000_000_007])] {
+                        let (sx, sy) = match scope {
+                            Scope::All => (&x[..], &y[..]),
+                            Scope::Task => (&x[task_start * D..], &y[task_start..]),
+                        };
+                        let classes = subset.clone().unwrap_or_else(|| {
+                            let mut c: Vec<i64> = sy.to_vec();
+                            c.sort_unstable();
+                            c.dedup();
+                            c
+                        });
+                        let opts = SolveOptions {
+                            form,
+                            scope,
+                            lambda,
+                            bias,
+                            classes: subset.clone(),
+                        };
+                        let head = solver.solve(&stats, &opts).unwrap();
+                        assert_eq!(head.class_ids, classes);
+                        let expected = reference(sx, sy, &classes, form, bias, lambda);
+                        let err = check(&head, &expected);
+                        assert!(err < SOLVE_REL_TOL, "{opts:?}: relative error {err:e}");
+                        worst = worst.max(err);
+                        cases += 1;
+                    }
+                    // The factor is reused for every class subset; nc without bias reuses
+                    // the factor nc with bias made just before.
+                    let new = solver.factorisations() - factored_before;
+                    let expected = if form == Form::Nc && !bias { 0 } else { 1 };
+                    assert_eq!(new, expected, "{form} bias={bias} {scope} λ={lambda}");
+                }
+            }
+        }
+    }
+    eprintln!("largest relative error against the design-matrix reference over {cases} cases: {worst:.3e}");
+}
+
+#[test]
+fn solving_a_changed_state_refactors() {
+    let (x, y) = labelled_data(3, 100, D, &CLASSES);
+    let mut stats = Stats::new(D);
+    stats.update(&x, &y).unwrap();
+    let solver = Solver::new();
+    let before = solver.solve(&stats, &SolveOptions::default()).unwrap();
+    stats.update(&x[..D], &y[..1]).unwrap();
+    let after = solver.solve(&stats, &SolveOptions::default()).unwrap();
+    assert_eq!(solver.factorisations(), 2);
+    assert_ne!(before.weight, after.weight);
+}
