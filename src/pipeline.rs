@@ -143,6 +143,11 @@ impl Producer {
         self.shared.dim
     }
 
+    /// Messages queued and not yet taken by the reducer (at most the channel's capacity).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Validates `batch` here and queues it; blocks while the channel is full.
     ///
     /// # Errors

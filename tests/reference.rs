@@ -6,6 +6,8 @@
 //! least-squares problem with an explicit bias column, so the centring identity used by the
 //! solver is checked too.
 
+#![allow(clippy::needless_range_loop)] // index loops read like the formulas
+
 mod common;
 
 use common::{SOLVE_REL_TOL, gauss_solve, labelled_data, rel_err, rows};
@@ -28,7 +30,7 @@ fn reference(
     let xs = rows(x, D);
     let c = classes.len();
     let mut gram = vec![vec![0.0; D]; D];
-    let mut mean = vec![0.0; D];
+    let mut mean = [0.0; D];
     for r in &xs {
         for i in 0..D {
             mean[i] += r[i] / n;

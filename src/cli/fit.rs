@@ -30,10 +30,10 @@ pub struct FitArgs {
     #[arg(long)]
     no_bias: bool,
     /// λ ≥ 0, or `auto` to pick it on held-out data.
-    #[arg(long, default_value = "0.05")]
+    #[arg(long, default_value = "0.05", allow_hyphen_values = true)]
     lambda: String,
     /// Classes to solve, in row order, e.g. `3,5,10-19` (default: every class, ascending).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     classes: Option<String>,
     /// Prefix of the tensor names, e.g. `fc.`.
     #[arg(long, default_value = "")]

@@ -16,6 +16,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
     /// Solve a head from .npy features and labels and write it as safetensors.
     Fit(fit::FitArgs),

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use headstart::ingest::npy::{FeatureFile, LabelFile};
@@ -78,7 +77,6 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
     let progress = progress_bar(rows);
     let stop = AtomicBool::new(false);
     let per_producer = rows.div_ceil(config.producers as u64).max(1);
-    let started = Instant::now();
     let outcome: anyhow::Result<()> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..config.producers as u64)
             .map(|k| (k * per_producer, ((k + 1) * per_producer).min(rows)))
@@ -105,8 +103,7 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().expect("producer thread panicked"))
-            .collect()
+            .try_for_each(|w| w.join().expect("producer thread panicked"))
     });
     drop((train_tx, val_tx));
     let train = train_reducer.join().context("reducer")?;
@@ -115,7 +112,6 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
         .transpose()?;
     progress.finish_and_clear();
     outcome?;
-    let _ = started;
     Ok(Streamed {
         train,
         validation,

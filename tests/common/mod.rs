@@ -1,11 +1,13 @@
 //! Shared test helpers: seeded data, tolerances, and an independent dense solver.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Relative tolerance for f64 solves against the brute-force reference.
 pub const SOLVE_REL_TOL: f64 = 1e-9;
+/// Relative tolerance for heads stored as f32 against the f64 solve (f32 rounding is 6e-8).
+pub const F32_STORAGE_REL_TOL: f64 = 1e-6;
 /// Relative tolerance for states that differ only in the order of f64 additions.
 pub const SUM_ORDER_REL_TOL: f64 = 1e-12;
 
