@@ -174,18 +174,8 @@ pub struct WeightMatrix {
 /// # Errors
 /// [`ExportError`] naming the file and what is missing or wrong.
 pub fn read_weight(path: &Path, name: Option<&str>) -> Result<WeightMatrix, ExportError> {
-    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let content = |what: String| ExportError::Content {
-        path: path.to_path_buf(),
-        what,
-    };
-    let file = SafeTensors::deserialize(&bytes).map_err(|source| ExportError::Format {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path)?;
+    let file = parse(path, &bytes)?;
     let name = match name {
         Some(n) => n.to_string(),
         None => {
@@ -199,25 +189,55 @@ pub fn read_weight(path: &Path, name: Option<&str>) -> Result<WeightMatrix, Expo
             match candidates.len() {
                 1 => candidates.remove(0),
                 0 => {
-                    return Err(content("holds no 2-D tensor named 'weight' or '*.weight'".into()));
+                    return Err(content(
+                        path,
+                        "holds no 2-D tensor named 'weight' or '*.weight'".into(),
+                    ));
                 }
                 _ => {
-                    return Err(content(format!(
-                        "holds several 2-D weight tensors ({}); name the one to use",
-                        candidates.join(", ")
-                    )));
+                    let names = candidates.join(", ");
+                    return Err(content(
+                        path,
+                        format!("holds several 2-D weight tensors ({names}); name the one to use"),
+                    ));
                 }
             }
         }
     };
+    weight_tensor(path, &file, &name)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ExportError> {
+    std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, ExportError> {
+    SafeTensors::deserialize(bytes).map_err(|source| ExportError::Format {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn content(path: &Path, what: String) -> ExportError {
+    ExportError::Content {
+        path: path.to_path_buf(),
+        what,
+    }
+}
+
+fn weight_tensor(path: &Path, file: &SafeTensors<'_>, name: &str) -> Result<WeightMatrix, ExportError> {
     let tensor = file
-        .tensor(&name)
-        .map_err(|_| content(format!("has no tensor '{name}'")))?;
+        .tensor(name)
+        .map_err(|_| content(path, format!("has no tensor '{name}'")))?;
     let &[rows, cols] = tensor.shape() else {
-        return Err(content(format!(
-            "tensor '{name}' has shape {:?}, expected 2 dimensions",
-            tensor.shape()
-        )));
+        let shape = tensor.shape();
+        return Err(content(
+            path,
+            format!("tensor '{name}' has shape {shape:?}, expected 2 dimensions"),
+        ));
     };
     let data = tensor.data();
     let values: Vec<f64> = match tensor.dtype() {
@@ -238,20 +258,21 @@ pub fn read_weight(path: &Path, name: Option<&str>) -> Result<WeightMatrix, Expo
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
             .collect(),
         other => {
-            return Err(content(format!(
-                "tensor '{name}' has dtype {other:?}; expected F32, F64, F16 or BF16"
-            )));
+            return Err(content(
+                path,
+                format!("tensor '{name}' has dtype {other:?}; expected F32, F64, F16 or BF16"),
+            ));
         }
     };
     if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
-        return Err(content(format!(
-            "tensor '{name}' row {}, column {} is not finite",
-            pos / cols.max(1),
-            pos % cols.max(1)
-        )));
+        let (row, col) = (pos / cols.max(1), pos % cols.max(1));
+        return Err(content(
+            path,
+            format!("tensor '{name}' row {row}, column {col} is not finite"),
+        ));
     }
     Ok(WeightMatrix {
-        name,
+        name: name.to_string(),
         rows,
         cols,
         values,
@@ -278,38 +299,28 @@ pub struct StoredHead {
 /// # Errors
 /// [`ExportError`] naming the file and the missing or malformed tensor.
 pub fn read_head(path: &Path, prefix: &str) -> Result<StoredHead, ExportError> {
-    let w = read_weight(path, Some(&format!("{prefix}weight")))?;
-    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let content = |what: String| ExportError::Content {
-        path: path.to_path_buf(),
-        what,
-    };
+    let bytes = read_file(path)?;
+    let file = parse(path, &bytes)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|source| ExportError::Format {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|source| ExportError::Format {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bias = file
-        .tensor(&format!("{prefix}bias"))
-        .map_err(|_| content(format!("has no tensor '{prefix}bias'")))?;
-    let ids = file
-        .tensor(&format!("{prefix}class_ids"))
-        .map_err(|_| content(format!("has no tensor '{prefix}class_ids'")))?;
+    let w = weight_tensor(path, &file, &format!("{prefix}weight"))?;
+    let tensor = |name: String| {
+        file.tensor(&name)
+            .map_err(|_| content(path, format!("has no tensor '{name}'")))
+    };
+    let bias = tensor(format!("{prefix}bias"))?;
+    let ids = tensor(format!("{prefix}class_ids"))?;
     if bias.dtype() != Dtype::F32
         || bias.shape() != [w.rows]
         || ids.dtype() != Dtype::I64
         || ids.shape() != [w.rows]
     {
-        return Err(content(format!(
-            "bias or class_ids do not match {} rows of F32/I64",
-            w.rows
-        )));
+        return Err(content(
+            path,
+            format!("bias or class_ids do not match {} rows of F32/I64", w.rows),
+        ));
     }
     Ok(StoredHead {
         bias: bias

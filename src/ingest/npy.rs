@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::stats::Features;
+use crate::stats::{Feature, Features};
 
 /// Largest header accepted (numpy writes a few hundred bytes).
 const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -505,40 +505,12 @@ impl FeatureFile {
     fn decode(&self, raw: &[u8], start: u64) -> Result<Features, NpyError> {
         let big = self.array.header.big_endian;
         let features = match self.scalar() {
-            Scalar::F32 => Features::F32(
-                raw.chunks_exact(4)
-                    .map(|b| {
-                        let b = b.try_into().unwrap();
-                        if big {
-                            f32::from_be_bytes(b)
-                        } else {
-                            f32::from_le_bytes(b)
-                        }
-                    })
-                    .collect(),
-            ),
-            _ => Features::F64(
-                raw.chunks_exact(8)
-                    .map(|b| {
-                        let b = b.try_into().unwrap();
-                        if big {
-                            f64::from_be_bytes(b)
-                        } else {
-                            f64::from_le_bytes(b)
-                        }
-                    })
-                    .collect(),
-            ),
+            Scalar::F32 => Features::F32(decode_values(raw, big, f32::from_be_bytes, f32::from_le_bytes)),
+            _ => Features::F64(decode_values(raw, big, f64::from_be_bytes, f64::from_le_bytes)),
         };
         let bad = match &features {
-            Features::F32(v) => v
-                .iter()
-                .position(|x| !x.is_finite())
-                .map(|p| (p, format!("{:?}", v[p]))),
-            Features::F64(v) => v
-                .iter()
-                .position(|x| !x.is_finite())
-                .map(|p| (p, format!("{:?}", v[p]))),
+            Features::F32(v) => first_non_finite(v),
+            Features::F64(v) => first_non_finite(v),
         };
         if let Some((pos, value)) = bad {
             let dim = self.dim();
@@ -551,6 +523,29 @@ impl FeatureFile {
         }
         Ok(features)
     }
+}
+
+/// Decodes fixed-width values in the file's byte order.
+fn decode_values<T, const N: usize>(
+    raw: &[u8],
+    big: bool,
+    be: fn([u8; N]) -> T,
+    le: fn([u8; N]) -> T,
+) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|b| {
+            let b: [u8; N] = b.try_into().expect("chunks_exact yields N bytes");
+            if big { be(b) } else { le(b) }
+        })
+        .collect()
+}
+
+/// The position and text of the first NaN or infinite value.
+fn first_non_finite<T: Feature>(values: &[T]) -> Option<(usize, String)> {
+    values
+        .iter()
+        .position(|v| !v.is_finite_value())
+        .map(|p| (p, format!("{:?}", values[p])))
 }
 
 /// A 1-D integer label file read in row ranges.
