@@ -257,7 +257,7 @@ impl Stats {
         self.task.n
     }
 
-    /// How many times [`begin_task`](Stats::begin_task) was called (summed over merged states).
+    /// How many times [`begin_task`](Stats::begin_task) was called (the largest count among merged states).
     pub fn tasks_begun(&self) -> u64 {
         self.tasks_begun
     }
