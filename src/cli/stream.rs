@@ -190,7 +190,7 @@ fn progress_bar(rows: u64) -> ProgressBar {
     // indicatif draws nothing when stderr is not a terminal.
     let bar = ProgressBar::with_draw_target(Some(rows), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} rows, {per_sec}, eta {eta}")
+        ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows, eta {eta}")
             .expect("a valid template"),
     );
     bar
