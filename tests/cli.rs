@@ -42,6 +42,13 @@ impl Fixture {
     fn s(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
+    /// `headstart fit` on the fixture's x.npy/y.npy, writing `out`, with extra arguments.
+    fn fit(&self, out: &str, extra: &[&str]) -> Output {
+        let (x, y, o) = (self.s("x.npy"), self.s("y.npy"), self.s(out));
+        let mut args = vec!["fit", "--features", &x, "--labels", &y, "--out", &o];
+        args.extend_from_slice(extra);
+        headstart(&args)
+    }
 }
 
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
@@ -57,25 +64,21 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
 #[test]
 fn fit_writes_the_head_the_library_solves() {
     let f = Fixture::new(500);
-    let out = headstart(&[
-        "fit",
-        "--features",
-        &f.s("x.npy"),
-        "--labels",
-        &f.s("y.npy"),
-        "--out",
-        &f.s("h.safetensors"),
-        "--batch",
-        "37",
-        "--producers",
-        "3",
-        "--classes",
-        "12,4",
-        "--prefix",
-        "fc.",
-        "--lambda",
-        "0.01",
-    ]);
+    let out = f.fit(
+        "h.safetensors",
+        &[
+            "--batch",
+            "37",
+            "--producers",
+            "3",
+            "--classes",
+            "12, 4",
+            "--prefix",
+            "fc.",
+            "--lambda",
+            "0.01",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for needle in ["samples: 500", "classes: 2", "lambda: 0.01", "samples/s", "wrote"] {
@@ -109,23 +112,19 @@ fn fit_writes_the_head_the_library_solves() {
 #[test]
 fn lambda_auto_with_a_validation_fraction_records_the_choice() {
     let f = Fixture::new(800);
-    let out = headstart(&[
-        "fit",
-        "--features",
-        &f.s("x.npy"),
-        "--labels",
-        &f.s("y.npy"),
-        "--out",
-        &f.s("h.safetensors"),
-        "--lambda",
-        "auto",
-        "--val-fraction",
-        "0.25",
-        "--seed",
-        "3",
-        "--lambda-grid",
-        "1e-4,1e-2,1,100",
-    ]);
+    let out = f.fit(
+        "h.safetensors",
+        &[
+            "--lambda",
+            "auto",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "3",
+            "--lambda-grid",
+            "1e-4, 1e-2, 1, 100",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("auto: lowest held-out MSE"), "{stdout}");
