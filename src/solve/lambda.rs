@@ -12,7 +12,7 @@
 
 use faer::Mat;
 
-use super::{Head, SolveError, SolveOptions, Solver, dot};
+use super::{Head, Scope, SolveError, SolveOptions, Solver, dot};
 use crate::stats::Stats;
 
 /// One point of the λ grid.
@@ -65,29 +65,13 @@ pub fn heldout_mse(head: &Head, val: &Stats) -> Result<f64, SolveError> {
             right: val.dim(),
         });
     }
-    let segments = val.segments(false);
-    let nv: u64 = segments.iter().map(|m| m.n).sum();
+    let (nv, sum) = val.sum(Scope::All);
     if nv == 0 {
-        return Err(SolveError::NoSamples {
-            scope: super::Scope::All,
-        });
+        return Err(SolveError::NoSamples { scope: Scope::All });
     }
     let d = head.dim;
     let c = head.rows();
-    // Full symmetric G_v from the kept lower triangles.
-    let mut g = Mat::<f64>::zeros(d, d);
-    for seg in &segments {
-        g += &seg.gram;
-    }
-    for j in 0..d {
-        for i in 0..j {
-            g[(i, j)] = g[(j, i)];
-        }
-    }
-    let mut sum = vec![0.0; d];
-    for seg in &segments {
-        sum.iter_mut().zip(&seg.sum).for_each(|(a, b)| *a += b);
-    }
+    let g = val.gram(Scope::All);
     let wt = Mat::<f64>::from_fn(d, c, |j, k| head.weight[k * d + j]);
     let gw = &g * &wt;
     let mut total = 0.0;
@@ -95,7 +79,9 @@ pub fn heldout_mse(head: &Head, val: &Stats) -> Result<f64, SolveError> {
         let w = head.row(k);
         let b = head.bias[k];
         let quad: f64 = (0..d).map(|j| w[j] * gw[(j, k)]).sum();
-        let (count, class_sum) = super::class_moments(&segments, head.class_ids[k], d);
+        let (count, class_sum) = val
+            .class_sum(head.class_ids[k], Scope::All)
+            .unwrap_or((0, vec![0.0; d]));
         total += quad + 2.0 * b * dot(w, &sum) + nv as f64 * b * b
             - 2.0 * (dot(w, &class_sum) + b * count as f64)
             + count as f64;

@@ -360,7 +360,9 @@ impl Solver {
         let mut rhs = Mat::<f64>::zeros(dim, c);
         let mut counts = Vec::with_capacity(c);
         for (k, &id) in classes.iter().enumerate() {
-            let (count, sum) = class_moments(&segments, id, dim);
+            let (count, sum) = stats
+                .class_sum(id, opts.scope)
+                .expect("resolve_classes checked presence");
             counts.push(count);
             let col = rhs
                 .col_mut(k)
@@ -451,13 +453,9 @@ fn factorise(
 ) -> Result<Factor, SolveError> {
     let samples: u64 = segments.iter().map(|m| m.n).sum();
     let n = samples as f64;
-    let mut mean = vec![0.0; dim];
-    for seg in segments {
-        for (m, s) in mean.iter_mut().zip(&seg.sum) {
-            *m += s;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
+    let mean: Vec<f64> = (0..dim)
+        .map(|j| segments.iter().map(|seg| seg.sum[j]).sum::<f64>() / n)
+        .collect();
 
     let mut a = Mat::<f64>::zeros(dim, dim);
     for seg in segments {
@@ -524,19 +522,6 @@ fn resolve_classes(segments: &[&Moments], opts: &SolveOptions) -> Result<Vec<i64
         return Err(SolveError::NoClasses { scope: opts.scope });
     }
     Ok(classes)
-}
-
-/// Count and sum of one class over the segments.
-fn class_moments(segments: &[&Moments], id: i64, dim: usize) -> (u64, Vec<f64>) {
-    let mut count = 0;
-    let mut sum = vec![0.0; dim];
-    for seg in segments {
-        if let Some(c) = seg.classes.get(&id) {
-            count += c.count;
-            sum.iter_mut().zip(&c.sum).for_each(|(a, b)| *a += b);
-        }
-    }
-    (count, sum)
 }
 
 fn abbreviate(ids: &BTreeSet<i64>) -> String {

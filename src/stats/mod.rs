@@ -488,18 +488,6 @@ impl Stats {
             vec![&self.before, &self.task]
         }
     }
-
-    /// Rebuilds a state from its parts (used by deserialisation and tests of internals).
-    #[allow(dead_code)]
-    pub(crate) fn from_parts(dim: usize, before: Moments, task: Moments, tasks_begun: u64) -> Self {
-        Stats {
-            dim,
-            before,
-            task,
-            tasks_begun,
-            version: next_version(),
-        }
-    }
 }
 
 /// Calls `f` with the batch as an f64 row-major matrix, widening `f32` into a scratch buffer.
