@@ -17,9 +17,11 @@
 //! - [`Producer::begin_task`] and [`Producer::retract`] are ordered the same way.
 //! - When every producer handle is dropped, the reducer drains the queue and stops;
 //!   [`Reducer::join`] then returns the final state.
-//! - If the reducer fails (a retraction of samples it does not hold), it stops at once: the
-//!   failed message changes nothing, later calls on any producer return
-//!   [`PipelineError::ReducerFailed`], and [`Reducer::join`] returns the error.
+//! - If the reducer fails (a retraction of samples it does not hold), it stops applying
+//!   messages at once: the failed message changes nothing, messages already queued are
+//!   dropped unapplied (a pending snapshot returns the error), later calls on any producer
+//!   return [`PipelineError::ReducerFailed`], and [`Reducer::join`] returns the error once
+//!   every producer is dropped.
 //!
 //! # Examples
 //! ```
@@ -130,7 +132,11 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
         };
         if let Err(e) = outcome {
             let _ = shared.failure.set(e.clone());
-            // Dropping `rx` on return makes every blocked or later send fail at once.
+            // Keep taking messages until every producer is gone, dropping them unapplied.
+            // A queued snapshot's reply sender is dropped here, so its caller wakes with the
+            // error; dropping `rx` instead would leave queued messages in the channel's
+            // buffer (crossbeam drops them only with the last sender) and hang that caller.
+            for _ in rx.iter() {}
             return Err(e);
         }
     }
@@ -187,6 +193,9 @@ impl Producer {
     }
 
     fn put(&self, message: Message) -> Result<(), PipelineError> {
+        if self.shared.failure.get().is_some() {
+            return Err(self.stopped());
+        }
         self.tx.send(message).map_err(|_| self.stopped())
     }
 

@@ -128,6 +128,34 @@ fn a_reducer_error_reaches_every_caller_and_join() {
 }
 
 #[test]
+fn snapshots_queued_behind_a_failing_message_return_the_error() {
+    // A large first batch keeps the reducer busy while the failing retraction and the
+    // snapshots queue up behind it, so the snapshots are in the channel when it fails.
+    const WIDE: usize = 256;
+    let rows = 20_000;
+    let features: Vec<f32> = (0..rows * WIDE).map(|i| (i % 7) as f32).collect();
+    let (producer, reducer) = pipeline::spawn(Stats::new(WIDE), 16);
+    producer.send(Batch::new(features, vec![1; rows])).unwrap();
+    producer.retract(Batch::new(vec![0.0f32; WIDE], vec![5])).unwrap();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    for _ in 0..4 {
+        let p = producer.clone();
+        let done = done_tx.clone();
+        std::thread::spawn(move || done.send(p.snapshot().map(|s| s.samples())).unwrap());
+    }
+    for _ in 0..4 {
+        // A hang here is the bug: a caller waiting for a reply that never comes.
+        let outcome = done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a snapshot queued behind a failure must not hang");
+        let err = outcome.unwrap_err();
+        assert!(err.to_string().contains("class 5"), "{err}");
+    }
+    drop(producer);
+    assert!(reducer.join().unwrap_err().to_string().contains("class 5"));
+}
+
+#[test]
 fn dropping_every_producer_drains_the_queue() {
     let (producer, reducer) = pipeline::spawn(Stats::new(D), 64);
     for i in 0..64 {
