@@ -71,8 +71,8 @@ pub enum ReducerError {
 }
 
 enum Message {
-    Update(Batch),
-    Retract(Batch),
+    Update(Arc<Batch>),
+    Retract(Arc<Batch>),
     BeginTask,
     Snapshot(Sender<Stats>),
 }
@@ -114,9 +114,8 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
     for message in rx.iter() {
         let outcome = match message {
             Message::Update(batch) => {
-                stats
-                    .update_batch(&batch)
-                    .expect("batches are validated before they are queued");
+                // `send` validated it against this dimension on the producer's thread.
+                stats.update_batch_validated(&batch);
                 Ok(())
             }
             Message::Retract(batch) => stats.retract_batch(&batch).map_err(ReducerError::from),
@@ -156,10 +155,14 @@ impl Producer {
 
     /// Validates `batch` here and queues it; blocks while the channel is full.
     ///
+    /// Takes a [`Batch`] or an `Arc<Batch>`: a shared batch travels without being copied,
+    /// so one batch can feed several pipelines or be sent again.
+    ///
     /// # Errors
     /// [`PipelineError::Batch`] for a malformed batch (nothing queued);
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
-    pub fn send(&self, batch: Batch) -> Result<(), PipelineError> {
+    pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
+        let batch = batch.into();
         batch.validate(self.shared.dim)?;
         self.put(Message::Update(batch))
     }
@@ -169,7 +172,8 @@ impl Producer {
     /// # Errors
     /// [`PipelineError::Batch`] for a malformed batch. A retraction the reducer refuses
     /// stops the reducer; the error then reaches later calls and [`Reducer::join`].
-    pub fn retract(&self, batch: Batch) -> Result<(), PipelineError> {
+    pub fn retract(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
+        let batch = batch.into();
         batch.validate(self.shared.dim)?;
         self.put(Message::Retract(batch))
     }

@@ -142,6 +142,25 @@ impl Projection {
     }
 }
 
+/// The demo's features: every bundled digit through the seeded random ReLU projection to
+/// `dim` features, with its label (0–9).
+///
+/// # Examples
+/// ```
+/// let (x, y) = headstart::demo::features(16, 7);
+/// assert_eq!(x.len(), 16 * y.len());
+/// assert!(x.iter().all(|v| *v >= 0.0));
+/// ```
+pub fn features(dim: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let (pixels, labels) = digits();
+    let projection = Projection::new(dim, seed);
+    let x = pixels
+        .chunks_exact(PIXELS)
+        .flat_map(|p| projection.features(p))
+        .collect();
+    (x, labels)
+}
+
 /// Runs the demo; writes the final head to `out_dir/head.safetensors` when given.
 ///
 /// # Errors

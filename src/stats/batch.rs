@@ -10,17 +10,18 @@ pub trait Feature: Copy + Send + Sync + 'static + fmt::Debug {
     fn to_f64(self) -> f64;
     /// Whether the value is neither NaN nor infinite.
     fn is_finite_value(self) -> bool;
-    /// The slice itself when it already holds `f64`, so that it need not be copied.
-    fn as_f64_slice(values: &[Self]) -> Option<&[f64]> {
-        let _ = values;
-        None
-    }
+    /// The value rounded to `f32` (exact for `f32`), for the fast precision.
+    fn to_f32(self) -> f32;
 }
 
 impl Feature for f32 {
     #[inline]
     fn to_f64(self) -> f64 {
         f64::from(self)
+    }
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
     }
     #[inline]
     fn is_finite_value(self) -> bool {
@@ -33,8 +34,9 @@ impl Feature for f64 {
     fn to_f64(self) -> f64 {
         self
     }
-    fn as_f64_slice(values: &[Self]) -> Option<&[f64]> {
-        Some(values)
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32
     }
     #[inline]
     fn is_finite_value(self) -> bool {
@@ -70,12 +72,31 @@ pub enum BatchError {
         /// The offending value, as text (`NaN`, `inf`, `-inf`).
         value: String,
     },
+    /// A finite feature value whose magnitude exceeds [`MAX_ABS_FEATURE`].
+    #[error(
+        "batch row {row}, column {col}: feature value {value} is too large (|x| must be at most 2^479 ≈ 1.56e144 so that sums of squares cannot overflow)"
+    )]
+    OutOfRange {
+        /// Row within the batch (0-based).
+        row: usize,
+        /// Column (0-based).
+        col: usize,
+        /// The offending value, as text.
+        value: String,
+    },
 }
 
-/// Checks that `features` holds `labels.len()` finite rows of `dim` values.
+/// The largest feature magnitude a batch may hold, 2⁴⁷⁹ ≈ 1.56e144: its square times 2⁶⁴
+/// samples (every count a `u64` can hold) stays below `f64::MAX`, so no sum can overflow.
+/// Every finite `f32` is far below it.
+pub const MAX_ABS_FEATURE: f64 = 1.560_874_275_157_996_1e144;
+
+/// Checks that `features` holds `labels.len()` rows of `dim` finite values, none larger in
+/// magnitude than [`MAX_ABS_FEATURE`].
 ///
 /// # Errors
-/// [`BatchError::Shape`] or [`BatchError::NonFinite`] (naming the first bad row and column).
+/// [`BatchError::Shape`], [`BatchError::NonFinite`] or [`BatchError::OutOfRange`] (naming
+/// the first bad row and column).
 ///
 /// # Examples
 /// ```
@@ -94,11 +115,24 @@ pub fn validate_batch<T: Feature>(features: &[T], labels: &[i64], dim: usize) ->
             expected: expected.unwrap_or(usize::MAX),
         });
     }
-    if let Some(pos) = features.iter().position(|v| !v.is_finite_value()) {
-        return Err(BatchError::NonFinite {
-            row: pos / dim,
-            col: pos % dim,
-            value: format!("{:?}", features[pos]),
+    // One comparison per value: NaN, ±inf and magnitudes beyond the limit all fail it.
+    // Blocks are checked without early exit (which vectorises), then searched if one fails.
+    let in_range = |v: &T| v.to_f64().abs() <= MAX_ABS_FEATURE;
+    let bad_block = features
+        .chunks(1024)
+        .position(|block| block.iter().filter(|v| !in_range(v)).count() != 0);
+    if let Some(pos) = bad_block.map(|b| {
+        b * 1024
+            + features[b * 1024..]
+                .iter()
+                .position(|v| !in_range(v))
+                .unwrap_or(0)
+    }) {
+        let (row, col, value) = (pos / dim, pos % dim, format!("{:?}", features[pos]));
+        return Err(if features[pos].is_finite_value() {
+            BatchError::OutOfRange { row, col, value }
+        } else {
+            BatchError::NonFinite { row, col, value }
         });
     }
     Ok(())
@@ -183,5 +217,17 @@ impl Batch {
             Features::F32(v) => validate_batch(v, &self.labels, dim),
             Features::F64(v) => validate_batch(v, &self.labels, dim),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_magnitude_limit_is_two_to_the_479() {
+        assert_eq!(MAX_ABS_FEATURE, 2f64.powi(479));
+        // Its square times 2⁶⁴ samples is still finite.
+        assert!((MAX_ABS_FEATURE * MAX_ABS_FEATURE * 2f64.powi(64)).is_finite());
     }
 }

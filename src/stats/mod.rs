@@ -12,14 +12,17 @@
 //! costs nothing per update.
 
 mod batch;
+mod gram;
 
-pub use batch::{Batch, BatchError, Feature, Features, validate_batch};
+pub use batch::{Batch, BatchError, Feature, Features, MAX_ABS_FEATURE, validate_batch};
+pub use gram::Precision;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use faer::linalg::matmul::triangular::{BlockStructure, matmul};
-use faer::{Accum, Mat, MatRef, Par};
+use faer::Mat;
+
+use gram::Scratch;
 
 /// Source of state versions, unique across all [`Stats`] values in the process.
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
@@ -111,28 +114,24 @@ impl Moments {
         *self = Moments::new(dim);
     }
 
-    /// Adds (`sign` = 1) or removes (`sign` = −1) the statistics of `rows`, counts included;
-    /// `rows` is validated already, and for removal the counts were checked.
-    fn accumulate(&mut self, rows: MatRef<'_, f64>, labels: &[i64], sign: f64) {
-        matmul(
-            self.gram.as_mut(),
-            BlockStructure::TriangularLower,
-            Accum::Add,
-            rows.transpose(),
-            BlockStructure::Rectangular,
-            rows,
-            BlockStructure::Rectangular,
-            sign,
-            Par::Seq,
-        );
+    /// Adds (`sign` = 1) or removes (`sign` = −1) the statistics of a batch, counts
+    /// included; the batch is validated already, and for removal the counts were checked.
+    fn accumulate<T: Feature>(
+        &mut self,
+        features: &[T],
+        labels: &[i64],
+        sign: f64,
+        precision: Precision,
+        scratch: &mut Scratch,
+    ) {
+        let dim = self.sum.len();
+        gram::add_product(&mut self.gram, features, dim, sign, precision, scratch);
         if sign > 0.0 {
             self.n += labels.len() as u64;
         } else {
             self.n -= labels.len() as u64;
         }
-        let dim = self.sum.len();
-        for (i, &label) in labels.iter().enumerate() {
-            let row = rows.row(i);
+        for (row, &label) in features.chunks_exact(dim).zip(labels) {
             let class = self.classes.entry(label).or_insert_with(|| ClassMoments {
                 count: 0,
                 sum: vec![0.0; dim],
@@ -142,8 +141,8 @@ impl Moments {
             } else {
                 class.count -= 1;
             }
-            for (j, (s, g)) in class.sum.iter_mut().zip(self.sum.iter_mut()).enumerate() {
-                let v = sign * row[j];
+            for ((s, g), &x) in class.sum.iter_mut().zip(self.sum.iter_mut()).zip(row) {
+                let v = sign * x.to_f64();
                 *s += v;
                 *g += v;
             }
@@ -198,10 +197,13 @@ pub struct Stats {
     task: Moments,
     tasks_begun: u64,
     version: u64,
+    precision: Precision,
+    scratch: Scratch,
 }
 
 impl PartialEq for Stats {
-    /// Equal contents; the version (an identity for caching) is ignored.
+    /// Equal contents; the version (an identity for caching) and the precision of future
+    /// updates are ignored.
     fn eq(&self, other: &Self) -> bool {
         self.dim == other.dim
             && self.before == other.before
@@ -222,6 +224,27 @@ impl Stats {
     /// assert_eq!((s.dim(), s.samples()), (768, 0));
     /// ```
     pub fn new(dim: usize) -> Self {
+        Stats::with_precision(dim, Precision::Exact)
+    }
+
+    /// The empty state whose updates compute each batch's product in `precision`.
+    ///
+    /// # Panics
+    /// If `dim` is zero.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::stats::{Precision, Stats};
+    /// let mut fast = Stats::with_precision(2, Precision::Fast);
+    /// let mut exact = Stats::new(2);
+    /// for s in [&mut fast, &mut exact] {
+    ///     s.update(&[0.1f32, 0.2, 0.3, 0.4], &[0, 1])?;
+    /// }
+    /// let (gf, ge) = (fast.gram(Default::default()), exact.gram(Default::default()));
+    /// assert!(((gf[(1, 0)] - ge[(1, 0)]) / ge[(1, 0)]).abs() < 1e-6);
+    /// # Ok::<(), headstart::stats::BatchError>(())
+    /// ```
+    pub fn with_precision(dim: usize, precision: Precision) -> Self {
         assert!(dim > 0, "feature dimension must be positive");
         Stats {
             dim,
@@ -229,7 +252,22 @@ impl Stats {
             task: Moments::new(dim),
             tasks_begun: 0,
             version: next_version(),
+            precision,
+            scratch: Scratch::default(),
         }
+    }
+
+    /// The precision of each batch's product in [`update`](Stats::update) and
+    /// [`retract`](Stats::retract).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Changes the precision of later updates; what is already accumulated stays as it is.
+    /// A retraction should use the precision its batch was added with, or it leaves that
+    /// batch's rounding difference behind.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// The feature dimension d.
@@ -320,14 +358,28 @@ impl Stats {
     /// ```
     pub fn update<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
         validate_batch(features, labels, self.dim)?;
-        if labels.is_empty() {
-            return Ok(());
-        }
-        with_f64_rows(features, labels.len(), self.dim, |rows| {
-            self.task.accumulate(rows, labels, 1.0);
-        });
-        self.version = next_version();
+        self.update_validated(features, labels);
         Ok(())
+    }
+
+    /// [`update`](Stats::update) of a batch that [`validate_batch`] accepted for this
+    /// dimension (the pipeline validates on the producer's thread, not the reducer's).
+    pub(crate) fn update_validated<T: Feature>(&mut self, features: &[T], labels: &[i64]) {
+        debug_assert!(validate_batch(features, labels, self.dim).is_ok());
+        if labels.is_empty() {
+            return;
+        }
+        self.task
+            .accumulate(features, labels, 1.0, self.precision, &mut self.scratch);
+        self.version = next_version();
+    }
+
+    /// [`update_batch`](Stats::update_batch) of a batch already validated for this dimension.
+    pub(crate) fn update_batch_validated(&mut self, batch: &Batch) {
+        match &batch.features {
+            Features::F32(v) => self.update_validated(v, &batch.labels),
+            Features::F64(v) => self.update_validated(v, &batch.labels),
+        }
     }
 
     /// Adds an owned [`Batch`]; see [`update`](Stats::update).
@@ -380,9 +432,8 @@ impl Stats {
         if labels.is_empty() {
             return Ok(());
         }
-        with_f64_rows(features, labels.len(), self.dim, |rows| {
-            self.task.accumulate(rows, labels, -1.0);
-        });
+        self.task
+            .accumulate(features, labels, -1.0, self.precision, &mut self.scratch);
         self.task.classes.retain(|_, c| c.count > 0);
         if self.task.n == 0 {
             // Nothing left: drop the rounding residue too.
@@ -488,14 +539,4 @@ impl Stats {
             vec![&self.before, &self.task]
         }
     }
-}
-
-/// Calls `f` with the batch as an f64 row-major matrix, widening `f32` into a scratch buffer.
-fn with_f64_rows<T: Feature>(features: &[T], rows: usize, dim: usize, f: impl FnOnce(MatRef<'_, f64>)) {
-    if let Some(exact) = T::as_f64_slice(features) {
-        f(MatRef::from_row_major_slice(exact, rows, dim));
-        return;
-    }
-    let wide: Vec<f64> = features.iter().map(|v| v.to_f64()).collect();
-    f(MatRef::from_row_major_slice(&wide, rows, dim));
 }
