@@ -1,5 +1,6 @@
-//! Command-line interface: `headstart fit` and `headstart demo`.
+//! Command-line interface: `headstart fit`, `headstart demo` and `headstart bench`.
 
+mod bench;
 mod classes;
 mod demo;
 mod fit;
@@ -22,6 +23,9 @@ enum Command {
     Fit(fit::FitArgs),
     /// Class-incremental demo on the bundled UCI digits: LS rows against random rows.
     Demo(demo::DemoArgs),
+    /// Update throughput through the pipeline on seeded random batches (or, with --solve,
+    /// factor + solve latency).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the CLI and returns the process exit code. Errors print as one line on stderr.
@@ -30,6 +34,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Fit(args) => fit::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => 0,

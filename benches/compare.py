@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput: `headstart bench` against numpy's `G += X.T @ X`.
+
+Every configuration is run `--repeats` times, interleaved (headstart, numpy with one BLAS
+thread, numpy with all BLAS threads, then the next configuration), each in its own process
+with its own batch pool larger than the last-level cache; the table shows medians, the
+spread (min..max) and the ratios of medians.
+
+Usage (from the repository root, after `cargo build --release`):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 benches/compare.py
+
+The numpy child processes never see OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE (they make
+OpenBLAS pick a slow kernel on some machines); the kernel OpenBLAS chose is printed via
+threadpoolctl when it is installed. Needs numpy; scipy (optional) adds the solve table.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MIB = 1024 * 1024
+
+
+def last_level_cache_bytes():
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        m = re.fullmatch(r"(\d+)([KMG]?)", text)
+        if m:
+            best = max(best, int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)])
+    return best
+
+
+def numpy_env(threads):
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("OPENBLAS_L2_SIZE", None)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+# ---------------------------------------------------------------- the numpy child process
+
+
+def numpy_worker(spec):
+    """Runs in a child process: the numpy update on a cycled pool; prints JSON."""
+    import numpy as np
+
+    d, b, n, classes = spec["dim"], spec["batch"], spec["samples"], spec["classes"]
+    dtype = np.float64 if spec["dtype"] == "f64" else np.float32
+    batch_bytes = b * d * np.dtype(dtype).itemsize + b * 8
+    count = max(1, int(-(-spec["pool_bytes"] // batch_bytes)))
+    rng = np.random.default_rng(spec["seed"])
+    pool = []
+    for _ in range(count):
+        x = rng.random((b, d), dtype=np.float32) * 2 - 1
+        pool.append((x.astype(dtype, copy=False), rng.integers(0, classes, b)))
+    g = np.zeros((d, d), dtype=dtype)
+    sums = np.zeros((classes, d), dtype=np.float64)
+    counts = np.zeros(classes, dtype=np.int64)
+    batches = -(-n // b)
+    with_sums = spec["with_sums"]
+    start = time.perf_counter()
+    for i in range(batches):
+        x, y = pool[i % count]
+        g += x.T @ x  # numpy runs this as one syrk
+        if with_sums:
+            order = np.argsort(y, kind="stable")
+            ys = y[order]
+            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+            sums[ys[starts]] += np.add.reduceat(x[order], starts, axis=0)
+            counts += np.bincount(y, minlength=classes)
+    elapsed = time.perf_counter() - start
+    kernel = "unknown (threadpoolctl not installed)"
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if info:
+            i = info[0]
+            kernel = f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}, {i.get('num_threads')} threads"
+    except ImportError:
+        pass
+    print(json.dumps({"throughput": batches * b / elapsed, "kernel": kernel}))
+
+
+def solve_worker(spec):
+    """Child process: median of scipy cho_factor + cho_solve on a d×d SPD matrix, C columns."""
+    import numpy as np
+    from scipy.linalg import cho_factor, cho_solve
+
+    d, c, repeats = spec["dim"], spec["classes"], spec["repeat"]
+    rng = np.random.default_rng(spec["seed"])
+    rows = max(2 * d, 4 * c, 4096)
+    x = rng.random((rows, d)) * 2 - 1
+    a = x.T @ x / rows + spec["lambda"] * np.eye(d)
+    rhs = rng.random((d, c))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        factor = cho_factor(a, lower=True)
+        w = cho_solve(factor, rhs)
+        times.append(time.perf_counter() - start)
+        assert np.isfinite(w).all()
+    print(json.dumps({"seconds": statistics.median(times)}))
+
+
+def child(kind, spec, threads):
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(spec)],
+        env=numpy_env(threads),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- headstart runs
+
+
+def headstart(binary, args):
+    out = subprocess.run([binary, "bench", *map(str, args)], check=True, capture_output=True, text=True)
+    text = out.stdout
+    thr = re.search(r"^throughput: ([0-9.]+) samples/s", text, re.M)
+    rss = re.search(r"peak RSS ([0-9.]+) MiB = pool ([0-9.]+) MiB .*state ([0-9.]+) MiB", text)
+    gf = re.search(r"^gflops: ([0-9.]+) GFLOP/s", text, re.M)
+    solve = re.search(r"^solve: ([0-9.]+) ms median", text, re.M)
+    return {
+        "throughput": float(thr.group(1)) if thr else None,
+        "gflops": float(gf.group(1)) if gf else None,
+        "rss_mib": float(rss.group(1)) if rss else None,
+        "pool_mib": float(rss.group(2)) if rss else None,
+        "state_mib": float(rss.group(3)) if rss else None,
+        "solve_ms": float(solve.group(1)) if solve else None,
+    }
+
+
+def fmt_rate(values):
+    med = statistics.median(values)
+    return f"{med / 1e3:8.1f}k ({min(values) / 1e3:.0f}..{max(values) / 1e3:.0f})"
+
+
+def samples_for(dim, batch, seconds):
+    # Aim at `seconds` per run at about 60 GFLOP/s; at least 8 batches.
+    n = int(seconds * 60e9 / (dim * (dim + 1)))
+    return max(8 * batch, -(-n // batch) * batch)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "headstart"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="target length of one run")
+    parser.add_argument("--dims", default="384,768,2048")
+    parser.add_argument("--small-batch", type=int, default=256)
+    parser.add_argument("--sections", default="update,pipeline,solve,memory")
+    parser.add_argument("--pool-mib", type=float, default=None, help="default: 1.25 x last-level cache")
+    args = parser.parse_args()
+    if args.worker:
+        kind, spec = args.worker
+        {"update": numpy_worker, "solve": solve_worker}[kind](json.loads(spec))
+        return
+
+    if not os.path.exists(args.binary):
+        sys.exit(f"{args.binary} not found: run `cargo build --release` first")
+    llc = last_level_cache_bytes()
+    pool_bytes = int(args.pool_mib * MIB) if args.pool_mib else max(int(1.25 * llc), 64 * MIB)
+    dims = [int(d) for d in args.dims.split(",")]
+    sections = args.sections.split(",")
+    threads = os.cpu_count() or 1
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"note: {var}={os.environ[var]} is set here; the numpy children run without it")
+    print(f"machine: {threads} CPUs, last-level cache {llc / MIB:.0f} MiB; pool per run {pool_bytes / MIB:.0f} MiB")
+    print(f"repeats: {args.repeats}, interleaved; medians with (min..max)\n")
+
+    if "update" in sections:
+        configs = []
+        for d in dims:
+            configs.append(("exact", "f64", d, 4096))
+        for d in dims:
+            configs.append(("fast", "f32", d, 4096))
+        for d in dims:
+            configs.append(("exact", "f64", d, args.small_batch))
+        results = {c: {"hs": [], "np1": [], "npk": [], "np1s": []} for c in configs}
+        kernel = None
+        for rep in range(args.repeats):
+            for cfg in configs:
+                precision, dtype, d, b = cfg
+                n = samples_for(d, b, args.seconds)
+                pool_mib = pool_bytes / MIB
+                r = headstart(
+                    args.binary,
+                    ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib],
+                )
+                results[cfg]["hs"].append(r["throughput"])
+                spec = dict(dim=d, batch=b, samples=n, classes=100, dtype=dtype, seed=rep, pool_bytes=pool_bytes)
+                one = child("update", dict(spec, with_sums=False), 1)
+                kernel = one["kernel"]
+                results[cfg]["np1"].append(one["throughput"])
+                results[cfg]["npk"].append(child("update", dict(spec, with_sums=False), threads)["throughput"])
+                results[cfg]["np1s"].append(child("update", dict(spec, with_sums=True), 1)["throughput"])
+                print(f"  run {rep + 1}/{args.repeats} {precision:5} d={d:4} B={b:4}: headstart {r['throughput'] / 1e3:.1f}k/s, "
+                      f"numpy 1T {one['throughput'] / 1e3:.1f}k/s", file=sys.stderr)
+        print(f"numpy kernel (threadpoolctl): {kernel}")
+        print("\n## Update throughput (samples/s; headstart: whole pipeline, 1 producer, 1 reducer; f32 batches)\n")
+        print(f"| mode  | numpy dtype |    d |    B | headstart            | numpy 1 thread       | numpy {threads} threads      | numpy 1T + class sums | ratio vs 1T | ratio vs {threads}T |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for cfg in configs:
+            precision, dtype, d, b = cfg
+            r = results[cfg]
+            hs, n1, nk, ns = (statistics.median(r[k]) for k in ("hs", "np1", "npk", "np1s"))
+            print(f"| {precision:5} | {dtype:11} | {d:4} | {b:4} | {fmt_rate(r['hs'])} | {fmt_rate(r['np1'])} | "
+                  f"{fmt_rate(r['npk'])} | {fmt_rate(r['np1s'])} | {hs / n1:10.2f}x | {hs / nk:9.2f}x |")
+        sys.stdout.flush()
+
+    if "pipeline" in sections:
+        d = 768
+        n = samples_for(d, 4096, args.seconds)
+        common = ["--dim", d, "--samples", n, "--pool-mib", pool_bytes / MIB]
+        runs = {"direct": [], "pipeline 1 producer": [], "pipeline 2 producers": []}
+        for _ in range(args.repeats):
+            runs["direct"].append(headstart(args.binary, common + ["--direct"])["throughput"])
+            runs["pipeline 1 producer"].append(headstart(args.binary, common)["throughput"])
+            runs["pipeline 2 producers"].append(headstart(args.binary, common + ["--producers", 2])["throughput"])
+        base = statistics.median(runs["direct"])
+        print(f"\n## Pipeline overhead (d={d}, B=4096, exact, samples/s)\n")
+        print("| path | samples/s | vs direct |")
+        print("|---|---:|---:|")
+        for name, values in runs.items():
+            print(f"| {name} | {fmt_rate(values)} | {statistics.median(values) / base:.3f} |")
+        sys.stdout.flush()
+
+    if "solve" in sections:
+        try:
+            import scipy  # noqa: F401
+
+            have_scipy = True
+        except ImportError:
+            have_scipy = False
+            print("\n(scipy is not installed: solve table skipped)")
+        if have_scipy:
+            print(f"\n## Solve latency: factor + solve, median of {args.repeats * 3} runs (ms)\n")
+            print(f"| d | C | headstart | scipy cho_factor + cho_solve ({threads} threads) | ratio |")
+            print("|---:|---:|---:|---:|---:|")
+            for d in (768, 2048):
+                for c in (100, 1000):
+                    hs, sp = [], []
+                    for rep in range(args.repeats):
+                        r = headstart(args.binary, ["--solve", "--dim", d, "--classes", c, "--repeat", 3])
+                        hs.append(r["solve_ms"])
+                        s = child("solve", dict(dim=d, classes=c, repeat=3, seed=rep, **{"lambda": 0.05}), threads)
+                        sp.append(1e3 * s["seconds"])
+                    print(f"| {d} | {c} | {statistics.median(hs):.2f} ({min(hs):.2f}..{max(hs):.2f}) | "
+                          f"{statistics.median(sp):.2f} ({min(sp):.2f}..{max(sp):.2f}) | "
+                          f"{statistics.median(hs) / statistics.median(sp):.2f} |")
+            sys.stdout.flush()
+
+    if "memory" in sections:
+        print("\n## Memory (peak RSS minus the batch pool, MiB)\n")
+        print("| d | C | N | peak RSS | pool | RSS - pool | state |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for d, c, n in ((768, 100, 40960), (768, 100, 409600), (2048, 1000, 40960)):
+            r = headstart(args.binary, ["--dim", d, "--classes", c, "--samples", n, "--pool-mib", 256])
+            print(f"| {d} | {c} | {n} | {r['rss_mib']:.1f} | {r['pool_mib']:.1f} | "
+                  f"{r['rss_mib'] - r['pool_mib']:.1f} | {r['state_mib']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
