@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side throughput: `headstart bench` against numpy's `G += X.T @ X`.
 
-Every configuration is run `--repeats` times, interleaved (headstart, numpy with one BLAS
-thread, numpy with all BLAS threads, then the next configuration), each in its own process
+Every configuration is run `--repeats` times, interleaved (headstart with one reducer and
+with one reducer shard per CPU, numpy with one BLAS thread, with all BLAS threads, and with
+class sums, then the next configuration), each in its own process
 with its own batch pool larger than the last-level cache; the table shows medians, the
 spread (min..max) and the ratios of medians.
 
@@ -156,7 +157,7 @@ def headstart(binary, args):
 
 def fmt_rate(values):
     med = statistics.median(values)
-    return f"{med / 1e3:8.1f}k ({min(values) / 1e3:.0f}..{max(values) / 1e3:.0f})"
+    return f"{med / 1e3:.1f}k ({min(values) / 1e3:.1f}..{max(values) / 1e3:.1f})"
 
 
 def samples_for(dim, batch, seconds):
@@ -202,7 +203,7 @@ def main():
             configs.append(("fast", "f32", d, 4096))
         for d in dims:
             configs.append(("exact", "f64", d, args.small_batch))
-        results = {c: {"hs": [], "np1": [], "npk": [], "np1s": []} for c in configs}
+        results = {c: {"hs": [], "hsk": [], "np1": [], "npk": [], "np1s": []} for c in configs}
         kernel = None
         for rep in range(args.repeats):
             for cfg in configs:
@@ -214,6 +215,12 @@ def main():
                     ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib],
                 )
                 results[cfg]["hs"].append(r["throughput"])
+                rk = headstart(
+                    args.binary,
+                    ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib,
+                     "--producers", threads, "--reducers", threads],
+                )
+                results[cfg]["hsk"].append(rk["throughput"])
                 spec = dict(dim=d, batch=b, samples=n, classes=100, dtype=dtype, seed=rep, pool_bytes=pool_bytes)
                 one = child("update", dict(spec, with_sums=False), 1)
                 kernel = one["kernel"]
@@ -223,27 +230,32 @@ def main():
                 print(f"  run {rep + 1}/{args.repeats} {precision:5} d={d:4} B={b:4}: headstart {r['throughput'] / 1e3:.1f}k/s, "
                       f"numpy 1T {one['throughput'] / 1e3:.1f}k/s", file=sys.stderr)
         print(f"numpy kernel (threadpoolctl): {kernel}")
-        print("\n## Update throughput (samples/s; headstart: whole pipeline, 1 producer, 1 reducer; f32 batches)\n")
-        print(f"| mode  | numpy dtype |    d |    B | headstart            | numpy 1 thread       | numpy {threads} threads      | numpy 1T + class sums | ratio vs 1T | ratio vs {threads}T |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n## Update throughput (samples/s, f32 batches through the whole pipeline)\n")
+        print(f"headstart 1R: 1 producer, 1 reducer. headstart {threads}R: {threads} producers, {threads} reducer shards "
+              f"merged at the end. numpy: `G += X.T @ X` on {'{'}float64|float32{'}'} batches, 1 or {threads} BLAS threads; "
+              "+sums adds per-class sums (argsort + reduceat).\n")
+        print(f"| mode | numpy dtype | d | B | headstart 1R | numpy 1T | numpy 1T +sums | headstart {threads}R | numpy {threads}T "
+              f"| 1R / 1T | {threads}R / {threads}T |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for cfg in configs:
             precision, dtype, d, b = cfg
             r = results[cfg]
-            hs, n1, nk, ns = (statistics.median(r[k]) for k in ("hs", "np1", "npk", "np1s"))
-            print(f"| {precision:5} | {dtype:11} | {d:4} | {b:4} | {fmt_rate(r['hs'])} | {fmt_rate(r['np1'])} | "
-                  f"{fmt_rate(r['npk'])} | {fmt_rate(r['np1s'])} | {hs / n1:10.2f}x | {hs / nk:9.2f}x |")
+            hs, hk, n1, nk = (statistics.median(r[k]) for k in ("hs", "hsk", "np1", "npk"))
+            print(f"| {precision} | {dtype} | {d} | {b} | {fmt_rate(r['hs'])} | {fmt_rate(r['np1'])} | "
+                  f"{fmt_rate(r['np1s'])} | {fmt_rate(r['hsk'])} | {fmt_rate(r['npk'])} | "
+                  f"{hs / n1:.2f}x | {hk / nk:.2f}x |")
         sys.stdout.flush()
 
     if "pipeline" in sections:
         d = 768
         n = samples_for(d, 4096, args.seconds)
         common = ["--dim", d, "--samples", n, "--pool-mib", pool_bytes / MIB]
-        runs = {"direct": [], "pipeline 1 producer": [], "pipeline 2 producers": []}
+        runs = {"direct (Stats::update on one thread)": [], "pipeline, 1 producer": [], "pipeline, 2 producers": [],
+                "pipeline, 2 producers, 2 reducer shards": []}
         for _ in range(args.repeats):
-            runs["direct"].append(headstart(args.binary, common + ["--direct"])["throughput"])
-            runs["pipeline 1 producer"].append(headstart(args.binary, common)["throughput"])
-            runs["pipeline 2 producers"].append(headstart(args.binary, common + ["--producers", 2])["throughput"])
-        base = statistics.median(runs["direct"])
+            for name, extra in zip(runs, (["--direct"], [], ["--producers", 2], ["--producers", 2, "--reducers", 2])):
+                runs[name].append(headstart(args.binary, common + extra)["throughput"])
+        base = statistics.median(runs["direct (Stats::update on one thread)"])
         print(f"\n## Pipeline overhead (d={d}, B=4096, exact, samples/s)\n")
         print("| path | samples/s | vs direct |")
         print("|---|---:|---:|")

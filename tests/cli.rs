@@ -303,3 +303,104 @@ fn demo_runs_and_writes_its_head() {
     let head = read_head(&dir.path().join("head.safetensors"), "").unwrap();
     assert_eq!(head.class_ids, (0..10).collect::<Vec<i64>>());
 }
+
+fn stdout_line<'a>(out: &'a Output, prefix: &str) -> &'a str {
+    std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn bench_streams_every_sample_and_reports_throughput() {
+    for extra in [
+        &[][..],
+        &["--producers", "2", "--reducers", "2", "--precision", "fast"],
+        &["--direct", "--input", "f64"],
+    ] {
+        let mut args = vec![
+            "bench",
+            "--dim",
+            "16",
+            "--batch",
+            "64",
+            "--samples",
+            "1000",
+            "--pool-mib",
+            "0.05",
+        ];
+        args.extend_from_slice(extra);
+        let out = headstart(&args);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // 1000 samples in batches of 64: 16 whole batches.
+        assert!(
+            stdout_line(&out, "time:").contains("1024 samples in 16 batches"),
+            "{extra:?}"
+        );
+        let rate: f64 = stdout_line(&out, "throughput: ")
+            .trim_start_matches("throughput: ")
+            .trim_end_matches(" samples/s")
+            .parse()
+            .unwrap();
+        assert!(rate > 0.0 && rate.is_finite());
+        // The last line is the throughput line, for scripts.
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.trim_end()
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("throughput: ")
+        );
+    }
+    let out = headstart(&[
+        "bench",
+        "--solve",
+        "--dim",
+        "32",
+        "--classes",
+        "5",
+        "--repeat",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout_line(&out, "solve: ").contains("ms median"));
+    assert!(stdout_line(&out, "headstart bench --solve").contains("C=5"));
+}
+
+#[test]
+fn bench_refuses_impossible_settings_in_one_line() {
+    let out = headstart(&["bench", "--producers", "1", "--reducers", "2"]);
+    assert_one_line_error(&out, &["--reducers (2)", "--producers (1)"]);
+    let out = headstart(&["bench", "--dim", "0"]);
+    assert_one_line_error(&out, &["--dim"]);
+    let out = headstart(&["bench", "--precision", "half"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exact"));
+}
+
+#[test]
+fn fit_in_fast_precision_agrees_with_exact_and_records_it() {
+    let fx = Fixture::new(300);
+    let exact = fx.fit("exact.safetensors", &[]);
+    assert!(
+        exact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exact.stderr)
+    );
+    let fast = fx.fit("fast.safetensors", &["--precision", "fast"]);
+    assert!(fast.status.success(), "{}", String::from_utf8_lossy(&fast.stderr));
+    let (e, f) = (
+        read_head(&fx.path("exact.safetensors"), "").unwrap(),
+        read_head(&fx.path("fast.safetensors"), "").unwrap(),
+    );
+    assert_eq!(f.metadata.get("precision").map(String::as_str), Some("fast"));
+    assert_eq!(e.metadata.get("precision").map(String::as_str), Some("exact"));
+    let err = rel_err(&f.weight, &e.weight);
+    assert!(err < 1e-5, "fast vs exact head: {err:e}");
+}

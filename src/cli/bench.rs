@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Producer threads sending batches.
     #[arg(long, default_value_t = 1)]
     producers: usize,
+    /// Reducer shards: independent pipelines, each one reducer thread, whose states are
+    /// merged at the end (exact: the statistics are sums). Producer k feeds shard k mod R.
+    #[arg(long, default_value_t = 1)]
+    reducers: usize,
     /// exact (f64 products) or fast (f32 products, f64 totals).
     #[arg(long, default_value = "exact")]
     precision: Precision,
@@ -75,8 +79,15 @@ enum Input {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.dim == 0 || args.batch == 0 || args.classes <= 0 || args.producers == 0 {
-        bail!("--dim, --batch, --classes and --producers must be at least 1");
+    if args.dim == 0 || args.batch == 0 || args.classes <= 0 || args.producers == 0 || args.reducers == 0 {
+        bail!("--dim, --batch, --classes, --producers and --reducers must be at least 1");
+    }
+    if args.reducers > args.producers {
+        bail!(
+            "--reducers ({}) must not exceed --producers ({}): each shard needs a producer",
+            args.reducers,
+            args.producers
+        );
     }
     if args.solve {
         return run_solve(&args);
@@ -99,12 +110,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let pool = generate_pool(&args, batches);
     println!(
-        "headstart bench: d={} B={} C={} N={} producers={} precision={} input={} {}",
+        "headstart bench: d={} B={} C={} N={} producers={} reducers={} precision={} input={} {}",
         args.dim,
         args.batch,
         args.classes,
         args.samples,
         args.producers,
+        args.reducers,
         args.precision,
         if args.input == Input::F32 { "f32" } else { "f64" },
         if args.direct { "direct" } else { "pipeline" },
@@ -122,7 +134,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (elapsed, stats) = if args.direct {
         stream_direct(stats, &pool, total_batches, &progress)?
     } else {
-        stream_pipeline(stats, &pool, total_batches, args.producers, &progress)?
+        stream_pipeline(
+            stats,
+            &pool,
+            total_batches,
+            args.producers,
+            args.reducers,
+            &progress,
+        )?
     };
     progress.finish_and_clear();
     report(&args, &stats, elapsed, batches as f64 * batch_bytes);
@@ -157,20 +176,31 @@ fn generate_pool(args: &BenchArgs, batches: usize) -> Vec<Arc<Batch>> {
 }
 
 /// The timed part through the pipeline: producer k sends batches k, k + K, k + 2K, … of the
-/// cycled pool; the clock stops when the reducer has applied the last one.
+/// cycled pool to shard k mod R; the clock stops when every shard has applied its last
+/// batch and the shards' states are merged.
 fn stream_pipeline(
     stats: Stats,
     pool: &[Arc<Batch>],
     total_batches: u64,
     producers: usize,
+    reducers: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Duration, Stats)> {
-    let (producer, reducer) = pipeline::spawn(stats, 2 * producers);
+    let (dim, precision) = (stats.dim(), stats.precision());
+    let mut initial = Some(stats);
+    let shards: Vec<_> = (0..reducers)
+        .map(|_| {
+            let state = initial
+                .take()
+                .unwrap_or_else(|| Stats::with_precision(dim, precision));
+            pipeline::spawn(state, 2 * producers.div_ceil(reducers))
+        })
+        .collect();
     let start = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let workers: Vec<_> = (0..producers as u64)
             .map(|k| {
-                let p = producer.clone();
+                let p = shards[k as usize % reducers].0.clone();
                 s.spawn(move || -> anyhow::Result<()> {
                     let mut i = k;
                     while i < total_batches {
@@ -188,8 +218,16 @@ fn stream_pipeline(
         }
         Ok(())
     })?;
-    drop(producer);
-    let stats = reducer.join().context("reducer")?;
+    let mut merged: Option<Stats> = None;
+    for (producer, reducer) in shards {
+        drop(producer);
+        let part = reducer.join().context("reducer")?;
+        match merged.as_mut() {
+            None => merged = Some(part),
+            Some(total) => total.merge(&part)?,
+        }
+    }
+    let stats = merged.expect("at least one shard");
     Ok((start.elapsed(), stats))
 }
 
@@ -251,7 +289,7 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
-    // Enough samples for a well-conditioned G (and every class present).
+    // Enough samples for a well-conditioned G; labels in turn, so every class is present.
     let rows = (2 * args.dim).max(4 * args.classes as usize).max(args.batch);
     let bench = BenchArgs {
         batch: rows,
@@ -259,8 +297,9 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
         ..*args
     };
     let pool = generate_pool(&bench, 1);
+    let labels: Vec<i64> = (0..rows as i64).map(|i| i % args.classes).collect();
     let mut stats = Stats::new(args.dim);
-    stats.update_batch(&pool[0])?;
+    stats.update_batch(&Batch::new(pool[0].features.clone(), labels))?;
     let opts = SolveOptions {
         lambda: args.lambda,
         ..Default::default()

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use headstart::export;
 use headstart::solve::{Form, LambdaChoice, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda};
+use headstart::stats::Precision;
 
 use super::classes::parse_classes;
 use super::stream::{Split, StreamConfig, stream_files};
@@ -44,6 +45,9 @@ pub struct FitArgs {
     /// Producer threads reading the input.
     #[arg(long, default_value_t = 2)]
     producers: usize,
+    /// exact (each batch's product in f64) or fast (in f32, totals in f64; see docs/math.md).
+    #[arg(long, default_value = "exact")]
+    precision: Precision,
     /// With --lambda auto: held-out features.
     #[arg(long, requires = "val_labels")]
     val_features: Option<PathBuf>,
@@ -132,6 +136,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         batch: args.batch,
         producers: args.producers,
         split,
+        precision: args.precision,
     };
     let streamed = stream_files(&args.features, &args.labels, &config)?;
     let mut validation = streamed.validation;
@@ -200,6 +205,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let mut extra = BTreeMap::new();
     extra.insert("features".to_string(), args.features.display().to_string());
     extra.insert("labels".to_string(), args.labels.display().to_string());
+    extra.insert("precision".to_string(), args.precision.to_string());
     if let Some(c) = &choice {
         extra.insert("lambda_selection".into(), lambda_json(c));
         if let Some(s) = split {

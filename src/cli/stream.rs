@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use headstart::ingest::npy::{FeatureFile, LabelFile};
 use headstart::pipeline::{self, Producer};
-use headstart::stats::{Batch, Features, Stats};
+use headstart::stats::{Batch, Features, Precision, Stats};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A seeded split of the input rows into training and validation.
@@ -32,6 +32,7 @@ pub struct StreamConfig {
     pub batch: usize,
     pub producers: usize,
     pub split: Option<Split>,
+    pub precision: Precision,
 }
 
 pub struct Streamed {
@@ -68,8 +69,9 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
     drop(x);
 
     let capacity = 2 * config.producers;
-    let (train_tx, train_reducer) = pipeline::spawn(Stats::new(dim), capacity);
-    let val = config.split.map(|_| pipeline::spawn(Stats::new(dim), capacity));
+    let state = || Stats::with_precision(dim, config.precision);
+    let (train_tx, train_reducer) = pipeline::spawn(state(), capacity);
+    let val = config.split.map(|_| pipeline::spawn(state(), capacity));
     let (val_tx, val_reducer) = match val {
         Some((tx, rx)) => (Some(tx), Some(rx)),
         None => (None, None),

@@ -457,8 +457,12 @@ fn factorise(
         .map(|j| segments.iter().map(|seg| seg.sum[j]).sum::<f64>() / n)
         .collect();
 
-    let mut a = Mat::<f64>::zeros(dim, dim);
-    for seg in segments {
+    // Copy the first non-empty segment rather than adding it to zeros (d² fewer reads).
+    let mut filled = segments.iter().filter(|seg| seg.n > 0);
+    let mut a = filled
+        .next()
+        .map_or_else(|| Mat::zeros(dim, dim), |seg| seg.gram.clone());
+    for seg in filled {
         a += &seg.gram;
     }
     let lambda = opts.lambda;
