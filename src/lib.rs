@@ -28,6 +28,8 @@
 pub mod demo;
 pub mod export;
 pub mod ingest;
+pub mod net;
 pub mod pipeline;
+pub mod snapshot;
 pub mod solve;
 pub mod stats;

@@ -75,6 +75,7 @@ enum Message {
     Retract(Arc<Batch>),
     BeginTask,
     Snapshot(Sender<Stats>),
+    Barrier(Sender<()>),
 }
 
 struct Shared {
@@ -126,6 +127,10 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
             Message::Snapshot(reply) => {
                 // The requester may have given up; that is not the reducer's error.
                 let _ = reply.send(stats.clone());
+                Ok(())
+            }
+            Message::Barrier(reply) => {
+                let _ = reply.send(());
                 Ok(())
             }
         };
@@ -193,6 +198,29 @@ impl Producer {
     pub fn snapshot(&self) -> Result<Stats, PipelineError> {
         let (reply_tx, reply_rx) = bounded(1);
         self.put(Message::Snapshot(reply_tx))?;
+        reply_rx.recv().map_err(|_| self.stopped())
+    }
+
+    /// Returns once every message queued before this call, on any producer, is applied: a
+    /// batch whose `send` returned before `barrier` is then part of the state (a server
+    /// acknowledges a batch this way). Cheaper than [`snapshot`](Producer::snapshot): no copy.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::{pipeline, stats::{Batch, Stats}};
+    /// let (producer, reducer) = pipeline::spawn(Stats::new(1), 4);
+    /// producer.send(Batch::new(vec![2.0f32], vec![0]))?;
+    /// producer.barrier()?; // the batch is applied now
+    /// drop(producer);
+    /// assert_eq!(reducer.join()?.samples(), 1);
+    /// # Ok::<(), headstart::pipeline::PipelineError>(())
+    /// ```
+    pub fn barrier(&self) -> Result<(), PipelineError> {
+        let (reply_tx, reply_rx) = bounded(1);
+        self.put(Message::Barrier(reply_tx))?;
         reply_rx.recv().map_err(|_| self.stopped())
     }
 

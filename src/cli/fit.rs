@@ -1,16 +1,14 @@
-//! `headstart fit`.
+//! `headstart fit`: stream `.npy` features into statistics, solve a head, write it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
-use headstart::export;
-use headstart::solve::{Form, LambdaChoice, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda};
 use headstart::stats::Precision;
 
-use super::classes::parse_classes;
+use super::head::{HeadArgs, Lambda, print_choice, solve_and_write};
 use super::stream::{Split, StreamConfig, stream_files};
 
 #[derive(Args)]
@@ -24,21 +22,8 @@ pub struct FitArgs {
     /// Where to write the head (safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// nc (Harun & Kanan Eq. 3) or ridge (one-hot regression).
-    #[arg(long, default_value = "nc")]
-    form: Form,
-    /// Solve no bias (b = 0).
-    #[arg(long)]
-    no_bias: bool,
-    /// λ ≥ 0, or `auto` to pick it on held-out data.
-    #[arg(long, default_value = "0.05", allow_hyphen_values = true)]
-    lambda: String,
-    /// Classes to solve, in row order, e.g. `3,5,10-19` (default: every class, ascending).
-    #[arg(long, allow_hyphen_values = true)]
-    classes: Option<String>,
-    /// Prefix of the tensor names, e.g. `fc.`.
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Rows per batch.
     #[arg(long, default_value_t = 4096)]
     batch: usize,
@@ -60,37 +45,13 @@ pub struct FitArgs {
     /// Seed of the --val-fraction split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// With --lambda auto: the λ grid, comma-separated (default: 1e-6 … 1e2).
-    #[arg(long)]
-    lambda_grid: Option<String>,
-    /// Scale each row to the median row norm of this existing head (safetensors).
-    #[arg(long)]
-    match_norm: Option<PathBuf>,
-    /// The weight tensor to read from --match-norm (default: the only `*weight` 2-D tensor).
-    #[arg(long, requires = "match_norm")]
-    match_norm_tensor: Option<String>,
-}
-
-enum Lambda {
-    Fixed(f64),
-    Auto,
 }
 
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let lambda = match args.lambda.as_str() {
-        "auto" => Lambda::Auto,
-        text => {
-            let v: f64 = text
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--lambda '{text}' is neither a number nor 'auto'"))?;
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("--lambda must be a finite number ≥ 0, got {text}");
-            }
-            Lambda::Fixed(v)
-        }
-    };
-    let split = match (&lambda, args.val_fraction, &args.val_features) {
+    // Every option is checked (and --match-norm read) before the long work.
+    let prepared = args.head.prepare()?;
+    let split = match (&prepared.lambda, args.val_fraction, &args.val_features) {
         (Lambda::Fixed(_), Some(_), _) | (Lambda::Fixed(_), _, Some(_)) => {
             bail!("--val-features/--val-fraction only apply with --lambda auto")
         }
@@ -108,29 +69,6 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let classes = args
-        .classes
-        .as_deref()
-        .map(parse_classes)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--classes: {e}"))?;
-    let grid = match &args.lambda_grid {
-        None => default_lambda_grid(),
-        Some(text) => text
-            .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse::<f64>()
-                    .map_err(|_| anyhow::anyhow!("--lambda-grid: '{v}' is not a number"))
-            })
-            .collect::<anyhow::Result<Vec<f64>>>()?,
-    };
-    // Read the reference head before the long work, so a bad file fails fast.
-    let norm_target = args
-        .match_norm
-        .as_deref()
-        .map(|p| export::read_weight(p, args.match_norm_tensor.as_deref()))
-        .transpose()?;
 
     let config = StreamConfig {
         batch: args.batch,
@@ -162,91 +100,39 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     }
     let ingest_seconds = started.elapsed().as_secs_f64();
 
-    let solver = Solver::new();
-    let mut opts = SolveOptions {
-        form: args.form,
-        scope: Scope::All,
-        lambda: 0.0,
-        bias: !args.no_bias,
-        classes,
-    };
-    let choice: Option<LambdaChoice> = match lambda {
-        Lambda::Fixed(v) => {
-            opts.lambda = v;
-            None
-        }
-        Lambda::Auto => {
-            let val = validation.as_ref().expect("validation data is required above");
-            if val.samples() == 0 {
-                bail!("the validation split is empty; raise --val-fraction or pass --val-features");
-            }
-            let choice =
-                select_lambda(&solver, &streamed.train, val, &opts, &grid).context("choosing lambda")?;
-            opts.lambda = choice.best;
-            Some(choice)
-        }
-    };
-    let mut head = solver.solve(&streamed.train, &opts).context("solving the head")?;
-    if let Some(reference) = &norm_target {
-        if reference.cols != head.dim {
-            bail!(
-                "--match-norm: tensor '{}' has {} columns but the features have {}",
-                reference.name,
-                reference.cols,
-                head.dim
-            );
-        }
-        head.match_norm(headstart::solve::median_row_norm(
-            &reference.values,
-            reference.cols,
-        ));
-    }
-
     let mut extra = BTreeMap::new();
     extra.insert("features".to_string(), args.features.display().to_string());
     extra.insert("labels".to_string(), args.labels.display().to_string());
     extra.insert("precision".to_string(), args.precision.to_string());
-    if let Some(c) = &choice {
-        extra.insert("lambda_selection".into(), lambda_json(c));
-        if let Some(s) = split {
-            extra.insert("val_fraction".into(), s.fraction.to_string());
-            extra.insert("val_seed".into(), s.seed.to_string());
-        }
+    if let (Lambda::Auto, Some(s)) = (&prepared.lambda, split) {
+        extra.insert("val_fraction".into(), s.fraction.to_string());
+        extra.insert("val_seed".into(), s.seed.to_string());
     }
-    if let (Some(p), Some(r)) = (&args.match_norm, &norm_target) {
-        extra.insert("match_norm".into(), format!("{} ({})", p.display(), r.name));
-    }
-    export::write_head(&args.out, &head, &args.prefix, &extra)?;
+    let solved = solve_and_write(
+        prepared,
+        &args.head,
+        &streamed.train,
+        validation.as_ref(),
+        &args.out,
+        extra,
+    )?;
 
     let total = started.elapsed().as_secs_f64();
-    let train_n = streamed.train.samples();
     println!(
         "samples: {} read, {} used for the head{}",
         streamed.rows,
-        train_n,
+        streamed.train.samples(),
         validation
             .as_ref()
             .map(|v| format!(", {} held out", v.samples()))
             .unwrap_or_default()
     );
-    println!("classes: {} solved, dimension {}", head.rows(), head.dim);
-    match &choice {
-        None => println!("lambda: {}", opts.lambda),
-        Some(c) => {
-            println!(
-                "lambda: {} (auto: lowest held-out MSE {:.6} over {} grid values)",
-                c.best,
-                c.best_mse,
-                c.scores.len()
-            );
-            if c.on_edge {
-                println!(
-                    "warning: the best lambda lies on the edge of the grid; widen it with --lambda-grid"
-                );
-            }
-        }
-    }
-    println!("form: {}, bias: {}", opts.form, opts.bias);
+    println!(
+        "classes: {} solved, dimension {}",
+        solved.head.rows(),
+        solved.head.dim
+    );
+    print_choice(&solved);
     println!(
         "time: {total:.3} s (reading and accumulating {ingest_seconds:.3} s, {:.0} samples/s)",
         streamed.rows as f64 / ingest_seconds.max(1e-9)
@@ -254,26 +140,9 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     println!(
         "wrote {} ({} × {}, prefix '{}')",
         args.out.display(),
-        head.rows(),
-        head.dim,
-        args.prefix
+        solved.head.rows(),
+        solved.head.dim,
+        args.head.prefix
     );
     Ok(())
-}
-
-fn lambda_json(c: &LambdaChoice) -> String {
-    let points: Vec<String> = c
-        .scores
-        .iter()
-        .map(|s| match &s.mse {
-            Ok(m) => format!("[{:?},{:?}]", s.lambda, m),
-            Err(_) => format!("[{:?},null]", s.lambda),
-        })
-        .collect();
-    format!(
-        "{{\"best\":{:?},\"on_edge\":{},\"grid_mse\":[{}]}}",
-        c.best,
-        c.on_edge,
-        points.join(",")
-    )
 }

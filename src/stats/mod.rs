@@ -171,6 +171,102 @@ impl Moments {
     }
 }
 
+/// A plain image of a [`Stats`], for state files: one segment's gram as its packed lower
+/// triangle (column by column), classes ascending by id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StatsImage {
+    pub(crate) dim: u64,
+    pub(crate) tasks_begun: u64,
+    pub(crate) before: SegmentImage,
+    pub(crate) task: SegmentImage,
+}
+
+/// One segment of a [`StatsImage`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SegmentImage {
+    pub(crate) n: u64,
+    pub(crate) gram_lower: Vec<f64>,
+    pub(crate) sum: Vec<f64>,
+    pub(crate) classes: Vec<(i64, u64, Vec<f64>)>,
+}
+
+impl SegmentImage {
+    fn of(m: &Moments) -> Self {
+        let dim = m.sum.len();
+        let mut gram_lower = Vec::with_capacity(dim * (dim + 1) / 2);
+        for j in 0..dim {
+            gram_lower.extend_from_slice(&m.gram.col_as_slice(j)[j..]);
+        }
+        SegmentImage {
+            n: m.n,
+            gram_lower,
+            sum: m.sum.clone(),
+            classes: m
+                .classes
+                .iter()
+                .map(|(&id, c)| (id, c.count, c.sum.clone()))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a segment, checking every length, count and value.
+    fn restore(self, dim: usize, name: &str) -> Result<Moments, String> {
+        let triangle = dim * (dim + 1) / 2;
+        if self.gram_lower.len() != triangle {
+            return Err(format!(
+                "{name} segment: Gram has {} values, expected {triangle} for dimension {dim}",
+                self.gram_lower.len()
+            ));
+        }
+        if self.sum.len() != dim {
+            return Err(format!(
+                "{name} segment: sum has {} values, expected {dim}",
+                self.sum.len()
+            ));
+        }
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if !finite(&self.gram_lower) || !finite(&self.sum) {
+            return Err(format!("{name} segment: a Gram or sum value is not finite"));
+        }
+        let mut m = Moments::new(dim);
+        m.n = self.n;
+        m.sum = self.sum;
+        let mut at = 0;
+        for j in 0..dim {
+            let len = dim - j;
+            m.gram.col_as_slice_mut(j)[j..].copy_from_slice(&self.gram_lower[at..at + len]);
+            at += len;
+        }
+        let mut total: u64 = 0;
+        let mut previous: Option<i64> = None;
+        for (id, count, sum) in self.classes {
+            if previous.is_some_and(|p| p >= id) {
+                return Err(format!(
+                    "{name} segment: class ids are not strictly ascending at class {id}"
+                ));
+            }
+            previous = Some(id);
+            if count == 0 || sum.len() != dim || !finite(&sum) {
+                return Err(format!(
+                    "{name} segment: class {id} has count {count} and {} sum values (expected a positive count and {dim} finite values)",
+                    sum.len()
+                ));
+            }
+            total = total
+                .checked_add(count)
+                .ok_or_else(|| format!("{name} segment: class counts overflow"))?;
+            m.classes.insert(id, ClassMoments { count, sum });
+        }
+        if total != m.n {
+            return Err(format!(
+                "{name} segment: class counts add up to {total} but the segment holds {} samples",
+                m.n
+            ));
+        }
+        Ok(m)
+    }
+}
+
 /// Streaming sufficient statistics for least-squares heads.
 ///
 /// Memory is O(d² + C·d) however many samples arrive.
@@ -529,6 +625,32 @@ impl Stats {
             }
         }
         out
+    }
+
+    /// The state as a plain image (see [`StatsImage`]).
+    pub(crate) fn to_image(&self) -> StatsImage {
+        StatsImage {
+            dim: self.dim as u64,
+            tasks_begun: self.tasks_begun,
+            before: SegmentImage::of(&self.before),
+            task: SegmentImage::of(&self.task),
+        }
+    }
+
+    /// Rebuilds a state from an image, checking it completely; the error says what is wrong.
+    pub(crate) fn from_image(image: StatsImage) -> Result<Stats, String> {
+        let dim = usize::try_from(image.dim)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| format!("dimension {} is not usable", image.dim))?;
+        if image.before.n.checked_add(image.task.n).is_none() {
+            return Err("the segments' sample counts overflow".into());
+        }
+        let mut stats = Stats::new(dim);
+        stats.before = image.before.restore(dim, "before-task")?;
+        stats.task = image.task.restore(dim, "task")?;
+        stats.tasks_begun = image.tasks_begun;
+        Ok(stats)
     }
 
     /// The segments making up a scope: `[before, task]` for all data, `[task]` for the task.

@@ -1,0 +1,180 @@
+//! `headstart ingest`, `inspect` and `merge`: state files offline.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use headstart::snapshot;
+use headstart::stats::{Precision, Stats};
+
+use super::stream::{StreamConfig, stream_files};
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Features: a 2-D float32/float64 .npy file, C order.
+    #[arg(long)]
+    features: PathBuf,
+    /// Labels: a 1-D integer .npy file, one per feature row.
+    #[arg(long)]
+    labels: PathBuf,
+    /// The state file to create, or to extend if it exists.
+    #[arg(long)]
+    state: PathBuf,
+    /// Mark a task boundary before these samples (a solve with --scope task then sees only them).
+    #[arg(long)]
+    begin_task: bool,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Producer threads reading the input.
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// exact or fast (see docs/math.md).
+    #[arg(long, default_value = "exact")]
+    precision: Precision,
+}
+
+pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Read the existing state first: a damaged or mismatched file fails before the long work.
+    let existing = if args.state.exists() {
+        Some(snapshot::read(&args.state)?)
+    } else {
+        None
+    };
+    let config = StreamConfig {
+        batch: args.batch,
+        producers: args.producers,
+        split: None,
+        precision: args.precision,
+    };
+    let streamed = stream_files(&args.features, &args.labels, &config)?;
+    let mut state = match existing {
+        Some(s) if s.dim() != streamed.dim => bail!(
+            "{} has dimension {} but {} has {} columns",
+            args.state.display(),
+            s.dim(),
+            args.features.display(),
+            streamed.dim
+        ),
+        Some(s) => s,
+        None => Stats::new(streamed.dim),
+    };
+    let before = state.samples();
+    if args.begin_task {
+        state.begin_task();
+    }
+    state.merge(&streamed.train)?;
+    snapshot::write(&args.state, &state)?;
+    println!(
+        "{} {}: {} samples added, {} in all, {} classes, dimension {} ({:.3} s)",
+        if before == 0 && !args.begin_task {
+            "wrote"
+        } else {
+            "extended"
+        },
+        args.state.display(),
+        streamed.rows,
+        state.samples(),
+        state.classes().len(),
+        state.dim(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The state file.
+    file: PathBuf,
+    /// List every class (default: the first 100).
+    #[arg(long)]
+    all: bool,
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let state = snapshot::decode(&bytes, &args.file)?;
+    let classes = state.classes();
+    let task: std::collections::BTreeSet<i64> = state.task_classes().into_iter().collect();
+    println!("state: {}", args.file.display());
+    println!(
+        "format: version {} ({} bytes)",
+        snapshot::FORMAT_VERSION,
+        bytes.len()
+    );
+    println!("dimension: {}", state.dim());
+    println!(
+        "samples: {} ({} since the last task boundary)",
+        state.samples(),
+        state.task_samples()
+    );
+    println!("task boundaries: {}", state.tasks_begun());
+    println!(
+        "classes: {} ({} with samples since the last boundary)",
+        classes.len(),
+        task.len()
+    );
+    let shown = if args.all {
+        classes.len()
+    } else {
+        classes.len().min(100)
+    };
+    if shown > 0 {
+        println!("{:>20}  {:>12}  {:>12}", "class", "samples", "since task");
+    }
+    for &id in &classes[..shown] {
+        let in_task = state
+            .class_sum(id, headstart::stats::Scope::Task)
+            .map_or(0, |(n, _)| n);
+        println!("{id:>20}  {:>12}  {in_task:>12}", state.class_count(id));
+    }
+    if shown < classes.len() {
+        println!("… and {} more classes (--all lists them)", classes.len() - shown);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// State files to add up (same dimension).
+    #[arg(required = true, num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// The merged state file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let mut merged: Option<Stats> = None;
+    for path in &args.inputs {
+        let part = snapshot::read(path)?;
+        match merged.as_mut() {
+            None => merged = Some(part),
+            Some(total) => {
+                if total.dim() != part.dim() {
+                    bail!(
+                        "{} has dimension {} but {} has {}",
+                        path.display(),
+                        part.dim(),
+                        args.inputs[0].display(),
+                        total.dim()
+                    );
+                }
+                total.merge(&part)?;
+            }
+        }
+    }
+    let merged = merged.expect("clap requires at least one input");
+    snapshot::write(&args.out, &merged)?;
+    println!(
+        "wrote {}: {} states, {} samples, {} classes, dimension {}",
+        args.out.display(),
+        args.inputs.len(),
+        merged.samples(),
+        merged.classes().len(),
+        merged.dim()
+    );
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The edge stream feed: a server that owns a state file, its framed protocol, and a client.
+//!
+//! - [`protocol`]: frames, requests, replies, limits (docs/protocol.md).
+//! - [`Server`]: accepts TCP or Unix-socket clients, feeds their batches through the
+//!   [`pipeline`](crate::pipeline), acknowledges each once applied, checkpoints the state
+//!   atomically (on SYNC, every `checkpoint_every`, and at shutdown).
+//! - [`Client`]: the Rust client.
+//!
+//! # Examples
+//! ```
+//! use headstart::net::{Address, Client, Server, ServerConfig, SolveRequest};
+//! use headstart::net::protocol::Dtype;
+//! use headstart::stats::{Batch, Stats};
+//! let dir = tempfile::tempdir()?;
+//! let config = ServerConfig::new(dir.path().join("state.hs"));
+//! let server = Server::start(&"127.0.0.1:0".parse()?, Stats::new(2), config)?;
+//! let mut client = Client::connect(&server.address())?;
+//! client.hello(2, Dtype::F32)?;
+//! client.push(&Batch::new(vec![1.0f32, 0.0, 0.0, 1.0], vec![3, 4]))?;
+//! assert_eq!(client.sync()?, 2); // both rows are on disk now
+//! let head = client.solve(&SolveRequest::default())?; // safetensors bytes
+//! assert!(!head.is_empty());
+//! assert_eq!(server.shutdown()?.samples(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod client;
+mod conn;
+pub mod protocol;
+mod server;
+
+pub use client::{Client, ClientError};
+pub use conn::{Address, Conn};
+pub use server::{Server, ServerConfig, ServerError};
+
+use crate::solve::{Form, Scope, SolveOptions};
+
+/// The options of a remote solve, sent as JSON in a SOLVE frame. Every field is optional.
+///
+/// # Examples
+/// ```
+/// use headstart::net::SolveRequest;
+/// let r: SolveRequest = serde_json::from_str(r#"{"form": "ridge", "lambda": 0.1, "classes": [3, 5]}"#)?;
+/// assert_eq!(r.options().unwrap().lambda, 0.1);
+/// assert!(serde_json::from_str::<SolveRequest>(r#"{"lamda": 1}"#).is_err()); // typo: refused
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SolveRequest {
+    /// `nc` or `ridge`.
+    pub form: String,
+    /// Whether to solve a bias.
+    pub bias: bool,
+    /// λ ≥ 0.
+    pub lambda: f64,
+    /// `all` or `task`.
+    pub scope: String,
+    /// Classes to solve, in row order (default: all, ascending).
+    pub classes: Option<Vec<i64>>,
+    /// Prefix of the tensor names in the reply.
+    pub prefix: String,
+}
+
+impl Default for SolveRequest {
+    fn default() -> Self {
+        let d = SolveOptions::default();
+        SolveRequest {
+            form: d.form.to_string(),
+            bias: d.bias,
+            lambda: d.lambda,
+            scope: d.scope.to_string(),
+            classes: None,
+            prefix: String::new(),
+        }
+    }
+}
+
+impl SolveRequest {
+    /// The solver options this request describes.
+    ///
+    /// # Errors
+    /// A message naming the field that does not parse.
+    pub fn options(&self) -> Result<SolveOptions, String> {
+        Ok(SolveOptions {
+            form: self.form.parse::<Form>().map_err(|e| format!("form: {e}"))?,
+            scope: self.scope.parse::<Scope>().map_err(|e| format!("scope: {e}"))?,
+            lambda: self.lambda,
+            bias: self.bias,
+            classes: self.classes.clone(),
+        })
+    }
+}
