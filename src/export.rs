@@ -299,9 +299,18 @@ pub struct StoredHead {
 /// # Errors
 /// [`ExportError`] naming the file and the missing or malformed tensor.
 pub fn read_head(path: &Path, prefix: &str) -> Result<StoredHead, ExportError> {
-    let bytes = read_file(path)?;
-    let file = parse(path, &bytes)?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|source| ExportError::Format {
+    decode_head(&read_file(path)?, prefix, path)
+}
+
+/// Decodes a head from safetensors bytes (a server's SOLVE reply, say); `origin` names them
+/// in errors.
+///
+/// # Errors
+/// As [`read_head`].
+pub fn decode_head(bytes: &[u8], prefix: &str, origin: &Path) -> Result<StoredHead, ExportError> {
+    let path = origin;
+    let file = parse(path, bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|source| ExportError::Format {
         path: path.to_path_buf(),
         source,
     })?;

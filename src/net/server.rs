@@ -469,6 +469,8 @@ fn solve(shared: &Shared, json: &str) -> Reply {
         fatal: false,
         message,
     };
+    // An empty body means every default, like `{}`.
+    let json = if json.trim().is_empty() { "{}" } else { json };
     let request: SolveRequest = match serde_json::from_str(json) {
         Ok(r) => r,
         Err(e) => return failed(format!("solve options: {e}")),

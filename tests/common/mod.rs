@@ -1,6 +1,11 @@
 //! Shared test helpers: seeded data, tolerances, and an independent dense solver.
 #![allow(dead_code, clippy::needless_range_loop)]
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use headstart::net::Address;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -83,4 +88,58 @@ pub fn gauss_solve(mut a: Vec<Vec<f64>>, mut b: Vec<Vec<f64>>) -> Vec<Vec<f64>> 
 /// The design matrix's rows as slices.
 pub fn rows(x: &[f64], d: usize) -> Vec<&[f64]> {
     x.chunks_exact(d).collect()
+}
+
+/// A `headstart serve` process on a free loopback port, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub address: Address,
+    pub state: PathBuf,
+}
+
+impl Serve {
+    /// Starts `serve --listen 127.0.0.1:0 --state STATE --dim DIM --quiet EXTRA…` and reads
+    /// the address from its first line.
+    pub fn start(state: &Path, dim: usize, extra: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+            .arg(state)
+            .args(["--dim", &dim.to_string(), "--quiet"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        Serve {
+            child,
+            address,
+            state: state.to_path_buf(),
+        }
+    }
+    /// Sends `signal` (e.g. `-TERM`) with kill(1) and waits for the exit.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

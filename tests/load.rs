@@ -1,0 +1,92 @@
+//! Load: one million samples (d = 384) from four clients over loopback into a `headstart
+//! serve` process; reports samples/s and the server's peak memory, and checks that the peak
+//! stays flat while clients keep pushing (backpressure: each client waits for its ACK, the
+//! reducer's channel is bounded).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use common::Serve;
+use headstart::net::Client;
+use headstart::net::protocol::Dtype;
+use headstart::stats::Batch;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const D: usize = 384;
+const ROWS: usize = 4096;
+const CLIENTS: usize = 4;
+const SAMPLES: u64 = 1 << 20;
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_million_samples_from_four_clients_with_flat_server_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("load.hs"), D, &[]);
+    let address = server.address.clone();
+    let pid = server.child.id();
+
+    // Eight distinct batches per client, cycled.
+    let pool: Vec<Vec<Batch>> = (0..CLIENTS as u64)
+        .map(|k| {
+            (0..8)
+                .map(|i| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(k * 100 + i);
+                    let x: Vec<f32> = (0..ROWS * D).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                    let y: Vec<i64> = (0..ROWS).map(|_| rng.random_range(0..100)).collect();
+                    Batch::new(x, y)
+                })
+                .collect()
+        })
+        .collect();
+    let baseline_kib = peak_rss_kib(pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let per_client = SAMPLES.div_ceil(CLIENTS as u64 * ROWS as u64);
+    let started = Instant::now();
+    let mut early_peak_kib = 0;
+    std::thread::scope(|s| {
+        for mine in &pool {
+            let (address, sent) = (address.clone(), Arc::clone(&sent));
+            s.spawn(move || {
+                let mut c = Client::connect(&address).unwrap();
+                c.hello(D, Dtype::F32).unwrap();
+                for i in 0..per_client as usize {
+                    c.push(&mine[i % mine.len()]).unwrap();
+                    sent.fetch_add(ROWS as u64, Ordering::SeqCst);
+                }
+            });
+        }
+        // The peak after a quarter of the stream, to compare with the peak at the end.
+        while sent.load(Ordering::SeqCst) < SAMPLES / 4 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        early_peak_kib = peak_rss_kib(pid);
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let total = sent.load(Ordering::SeqCst);
+    let final_peak_kib = peak_rss_kib(pid);
+    let mut c = Client::connect(&address).unwrap();
+    assert_eq!(c.stats().unwrap()["samples"], total);
+    println!(
+        "load: {total} samples (d = {D}, B = {ROWS}) from {CLIENTS} clients in {seconds:.2} s = {:.0} samples/s; \
+         server peak RSS {:.1} MiB at 25% of the stream, {:.1} MiB at the end (idle {:.1} MiB)",
+        total as f64 / seconds,
+        early_peak_kib as f64 / 1024.0,
+        final_peak_kib as f64 / 1024.0,
+        baseline_kib as f64 / 1024.0
+    );
+    assert!(total >= 1_000_000);
+    // Flat: the last three quarters of the stream add at most 10% (and 16 MiB of slack).
+    assert!(
+        final_peak_kib as f64 <= early_peak_kib as f64 * 1.1 + 16.0 * 1024.0,
+        "peak grew from {early_peak_kib} KiB to {final_peak_kib} KiB"
+    );
+}

@@ -1,0 +1,518 @@
+//! The server: concurrent clients, limits, hostile bytes, SIGTERM and SIGKILL.
+//!
+//! In-process servers (`Server::start`) for protocol behaviour; the `headstart` binary for
+//! signals and the command-line clients.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{F32_STORAGE_REL_TOL, Serve, labelled_data, rel_err};
+use headstart::export::decode_head;
+use headstart::net::protocol::{
+    Dtype, ErrorCode, Reply, Request, encode_request, kind, read_frame, write_frame,
+};
+use headstart::net::{Address, Client, ClientError, Server, ServerConfig, SolveRequest};
+use headstart::snapshot;
+use headstart::solve::{SolveOptions, Solver};
+use headstart::stats::{Batch, Stats};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const D: usize = 6;
+
+fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut config = ServerConfig::new(dir.join("state.hs"));
+    tweak(&mut config);
+    Server::start(&"127.0.0.1:0".parse().unwrap(), Stats::new(D), config).unwrap()
+}
+
+fn batches(seed: u64, count: usize, rows: usize) -> Vec<Batch> {
+    let (x, y) = labelled_data(seed, count * rows, D, &[2, 3, 5, 8]);
+    x.chunks(rows * D)
+        .zip(y.chunks(rows))
+        .map(|(x, y)| Batch::new(x.iter().map(|&v| v as f32).collect::<Vec<f32>>(), y.to_vec()))
+        .collect()
+}
+
+fn reference(batches: &[Batch]) -> Stats {
+    let mut s = Stats::new(D);
+    for b in batches {
+        s.update_batch(b).unwrap();
+    }
+    s
+}
+
+/// The reply to raw bytes on a fresh connection, or `None` if the server closed it first.
+fn raw_exchange(address: &Address, bytes: &[u8]) -> Option<Reply> {
+    let Address::Tcp(a) = address else { unreachable!() };
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let raw = read_frame(&mut s, 1 << 20).ok()?;
+    let reply = Reply::decode(raw.kind, &raw.body).unwrap();
+    if matches!(reply, Reply::Error { fatal: true, .. }) {
+        // A fatal error closes the connection: nothing follows it.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "bytes after a fatal error: {rest:?}");
+    }
+    Some(reply)
+}
+
+fn error_code(reply: Option<Reply>) -> ErrorCode {
+    match reply {
+        Some(Reply::Error {
+            code, fatal: true, ..
+        }) => code,
+        other => panic!("expected a fatal error frame, got {other:?}"),
+    }
+}
+
+fn hello(dim: u64, dtype: Dtype) -> Vec<u8> {
+    encode_request(&Request::Hello {
+        version: 1,
+        dim,
+        dtype,
+    })
+}
+
+#[test]
+fn concurrent_clients_feed_one_state_and_the_remote_head_matches_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let address = server.address();
+    let all: Vec<Vec<Batch>> = (0..4).map(|k| batches(10 + k, 25, 16)).collect();
+    std::thread::scope(|s| {
+        for mine in &all {
+            let address = address.clone();
+            s.spawn(move || {
+                let mut c = Client::connect(&address).unwrap();
+                c.hello(D, Dtype::F32).unwrap();
+                for b in mine {
+                    c.push(b).unwrap();
+                }
+            });
+        }
+    });
+    let expected = reference(&all.concat());
+    let mut c = Client::connect(&address).unwrap();
+    let stats = c.stats().unwrap();
+    assert_eq!(stats["samples"], 4 * 25 * 16);
+    assert_eq!(stats["classes"]["5"], expected.class_count(5));
+    let opts = SolveRequest {
+        lambda: 0.01,
+        classes: Some(vec![8, 2]),
+        ..SolveRequest::default()
+    };
+    let bytes = c.solve(&opts).unwrap();
+    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
+    let local = Solver::new().solve(&expected, &opts.options().unwrap()).unwrap();
+    assert_eq!(remote.class_ids, vec![8, 2]);
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    assert!(rel_err(&remote.bias, &local.bias) < F32_STORAGE_REL_TOL);
+    // A solve error is reported and the connection stays usable.
+    let err = c
+        .solve(&SolveRequest {
+            classes: Some(vec![99]),
+            ..SolveRequest::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Solve,
+                fatal: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("99"), "{err}");
+    assert_eq!(c.sync().unwrap(), 1600);
+    let on_disk = snapshot::read(&dir.path().join("state.hs")).unwrap();
+    assert_eq!(on_disk.samples(), 1600);
+    let final_state = server.shutdown().unwrap();
+    assert_eq!(final_state.class_count(3), expected.class_count(3));
+}
+
+#[test]
+fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| {
+        c.limits.max_frame_bytes = 4096;
+        c.limits.max_rows = 32;
+    });
+    let address = server.address();
+    let good = batches(3, 10, 8);
+    let mut client = Client::connect(&address).unwrap();
+    client.hello(D, Dtype::F32).unwrap();
+    for b in &good[..5] {
+        client.push(b).unwrap();
+    }
+
+    let batch_frame = |rows: usize, value: f32| {
+        let b = Batch::new(vec![value; rows * D], vec![1; rows]);
+        let mut f = hello(D as u64, Dtype::F32);
+        f.extend(encode_request(&Request::Batch { seq: 1, batch: b }));
+        f
+    };
+    // Oversized length: refused before the body is read.
+    assert_eq!(
+        error_code(raw_exchange(&address, &u32::MAX.to_le_bytes())),
+        ErrorCode::TooLarge
+    );
+    // Zero length, unknown kind, a BATCH before HELLO, wrong dimension, bad dtype.
+    assert_eq!(
+        error_code(raw_exchange(&address, &[0, 0, 0, 0])),
+        ErrorCode::Malformed
+    );
+    assert_eq!(
+        error_code(raw_exchange(&address, &[1, 0, 0, 0, 0x42])),
+        ErrorCode::Malformed
+    );
+    let mut before_hello = Vec::new();
+    write_frame(&mut before_hello, kind::BATCH, &[0; 12]).unwrap();
+    assert_eq!(
+        error_code(raw_exchange(&address, &before_hello)),
+        ErrorCode::Session
+    );
+    assert_eq!(
+        error_code(raw_exchange(&address, &hello(D as u64 + 1, Dtype::F32))),
+        ErrorCode::Session
+    );
+    let mut bad_dtype = hello(D as u64, Dtype::F32);
+    *bad_dtype.last_mut().unwrap() = 7;
+    assert_eq!(
+        error_code(raw_exchange(&address, &bad_dtype)),
+        ErrorCode::Malformed
+    );
+    // A NaN, too many rows, a body one byte short (length fixed up), a truncated frame.
+    let err = raw_exchange(&address, &batch_frame(2, f32::NAN));
+    let Some(Reply::Welcome { .. }) = err else {
+        // The WELCOME comes first; read the real reply on a dedicated connection below.
+        panic!("expected WELCOME first, got {err:?}")
+    };
+    let mut c = RawClient::new(&address);
+    c.send(&batch_frame(2, f32::NAN));
+    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    match c.reply() {
+        Some(Reply::Error {
+            code: ErrorCode::BadBatch,
+            fatal: true,
+            message,
+        }) => {
+            assert!(message.contains("row 0, column 0"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut c = RawClient::new(&address);
+    c.send(&batch_frame(33, 1.0));
+    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    assert!(matches!(
+        c.reply(),
+        Some(Reply::Error {
+            code: ErrorCode::TooManyRows,
+            ..
+        })
+    ));
+    let mut short = batch_frame(2, 1.0);
+    let hello_len = hello(D as u64, Dtype::F32).len();
+    short.pop();
+    let body_len = (short.len() - hello_len - 4) as u32;
+    short[hello_len..hello_len + 4].copy_from_slice(&body_len.to_le_bytes());
+    let mut c = RawClient::new(&address);
+    c.send(&short);
+    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    assert!(matches!(
+        c.reply(),
+        Some(Reply::Error {
+            code: ErrorCode::Malformed,
+            ..
+        })
+    ));
+    let whole = batch_frame(2, 1.0);
+    let mut c = RawClient::new(&address);
+    c.send(&whole[..whole.len() - 3]);
+    c.close_write();
+    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    assert!(matches!(
+        c.reply(),
+        Some(Reply::Error {
+            code: ErrorCode::Malformed,
+            ..
+        }) | None
+    ));
+    // Random bytes, many times.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for _ in 0..200 {
+        let len = rng.random_range(0..64);
+        let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let _ = raw_exchange(&address, &junk);
+    }
+
+    // The good client's connection and the state are untouched; new clients are served.
+    for b in &good[5..] {
+        client.push(b).unwrap();
+    }
+    let expected = reference(&good);
+    let opts = SolveRequest::default();
+    let bytes = Client::connect(&address).unwrap().solve(&opts).unwrap();
+    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
+    let local = Solver::new().solve(&expected, &SolveOptions::default()).unwrap();
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    assert_eq!(server.shutdown().unwrap().samples(), expected.samples());
+}
+
+struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    fn new(address: &Address) -> Self {
+        let Address::Tcp(a) = address else { unreachable!() };
+        let stream = TcpStream::connect(a).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawClient { stream }
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+    fn close_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+    fn reply(&mut self) -> Option<Reply> {
+        let raw = read_frame(&mut self.stream, 1 << 20).ok()?;
+        Some(Reply::decode(raw.kind, &raw.body).unwrap())
+    }
+}
+
+#[test]
+fn idle_and_surplus_connections_are_closed_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| {
+        c.idle_timeout = Duration::from_millis(300);
+        c.max_connections = 2;
+    });
+    let address = server.address();
+    let started = Instant::now();
+    let mut idle = RawClient::new(&address);
+    match idle.reply() {
+        Some(Reply::Error {
+            code: ErrorCode::IdleTimeout,
+            message,
+            ..
+        }) => assert!(message.contains("idle"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Two connections held open; a third is refused with a reason.
+    let mut first = Client::connect(&address).unwrap();
+    first.hello(D, Dtype::F64).unwrap();
+    let _second = RawClient::new(&address);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut third = RawClient::new(&address);
+    assert!(matches!(
+        third.reply(),
+        Some(Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        })
+    ));
+    server.shutdown().unwrap();
+}
+
+// ---------------------------------------------------------------- the binary
+
+#[test]
+fn the_command_line_clients_push_sync_and_solve_and_sigterm_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = labelled_data(21, 500, D, &[1, 4, 6]);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    headstart::ingest::npy::write_f32(&dir.path().join("x.npy"), &x32, 500, D).unwrap();
+    headstart::ingest::npy::write_i64(&dir.path().join("y.npy"), &y).unwrap();
+    let state = dir.path().join("s.hs");
+    let mut serve = Serve::start(&state, D, &[]);
+    let addr = serve.address.to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_headstart"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (x_path, y_path) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    let (x_arg, y_arg) = (x_path.to_str().unwrap(), y_path.to_str().unwrap());
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", "--connect", &addr, "--features", x_arg, "--labels", y_arg];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let pushed = push(&["--batch", "64"]);
+    assert!(pushed.contains("pushed 500 samples in 8 batches"), "{pushed}");
+    assert!(run(&["sync", "--connect", &addr]).contains("holds 500 samples"));
+    let head_path = dir.path().join("h.safetensors");
+    run(&[
+        "solve",
+        "--connect",
+        &addr,
+        "--lambda",
+        "0.01",
+        "--out",
+        head_path.to_str().unwrap(),
+    ]);
+    let mut expected = Stats::new(D);
+    expected.update(&x32, &y).unwrap();
+    let local = Solver::new()
+        .solve(
+            &expected,
+            &SolveOptions {
+                lambda: 0.01,
+                ..SolveOptions::default()
+            },
+        )
+        .unwrap();
+    let remote = headstart::export::read_head(&head_path, "").unwrap();
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    // Push more without a sync, then SIGTERM: the final checkpoint holds them too.
+    push(&["--begin-task"]);
+    let status = serve.signal("-TERM");
+    assert_eq!(status.code(), Some(0));
+    let saved = snapshot::read(&serve.state).unwrap();
+    assert_eq!(
+        (saved.samples(), saved.task_samples(), saved.tasks_begun()),
+        (1000, 500, 1)
+    );
+    // A restart continues from the file; solving the file offline gives the same head.
+    let serve = Serve::start(&state, D, &[]);
+    let mut c = Client::connect(&serve.address).unwrap();
+    assert_eq!(c.hello(D, Dtype::F32).unwrap(), 1000);
+}
+
+/// Streams unique-class batches from several clients, kills the server with SIGKILL at random
+/// moments, restarts it, and checks the state file: every batch acknowledged before the last
+/// completed SYNC is there, any other batch is there whole or not at all.
+#[test]
+fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
+    const ROWS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.hs");
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let mut guaranteed: BTreeSet<i64> = BTreeSet::new();
+    let mut sent_max: i64 = 0;
+    let mut total_synced_rounds = 0;
+    for round in 0..5 {
+        let mut serve = Serve::start(&state, D, &["--checkpoint-every", "0.05"]);
+        let acked = Arc::new(Mutex::new(BTreeSet::<i64>::new()));
+        let synced = Arc::new(Mutex::new(BTreeSet::<i64>::new()));
+        let next_id = Arc::new(Mutex::new(sent_max + 1));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..3)
+            .map(|k| {
+                let (address, acked, synced, next_id, stop) = (
+                    serve.address.clone(),
+                    acked.clone(),
+                    synced.clone(),
+                    next_id.clone(),
+                    stop.clone(),
+                );
+                std::thread::spawn(move || {
+                    let Ok(mut c) = Client::connect(&address) else {
+                        return;
+                    };
+                    if c.hello(D, Dtype::F32).is_err() {
+                        return;
+                    }
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        n += 1;
+                        if k == 0 && n % 5 == 0 {
+                            // Everything acknowledged so far, on any client, must survive this sync.
+                            let before: BTreeSet<i64> = acked.lock().unwrap().clone();
+                            match c.sync() {
+                                Ok(_) => synced.lock().unwrap().extend(before),
+                                Err(_) => return,
+                            }
+                            continue;
+                        }
+                        let id = {
+                            let mut next = next_id.lock().unwrap();
+                            *next += 1;
+                            *next - 1
+                        };
+                        let batch = Batch::new(vec![id as f32; ROWS * D], vec![id; ROWS]);
+                        match c.push(&batch) {
+                            Ok(()) => {
+                                acked.lock().unwrap().insert(id);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        serve.signal("-KILL");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+        sent_max = *next_id.lock().unwrap();
+        let synced = synced.lock().unwrap().clone();
+        if !synced.is_empty() {
+            total_synced_rounds += 1;
+        }
+        guaranteed.extend(synced);
+
+        let saved = snapshot::read(&state).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let counts: BTreeMap<i64, u64> = saved
+            .classes()
+            .into_iter()
+            .map(|id| (id, saved.class_count(id)))
+            .collect();
+        for (&id, &count) in &counts {
+            assert_eq!(
+                count, ROWS as u64,
+                "round {round}: class {id} holds part of a batch"
+            );
+            assert!(
+                id >= 1 && id < sent_max,
+                "round {round}: class {id} was never sent"
+            );
+            let sum = saved.class_sum(id, Default::default()).unwrap().1;
+            assert!(
+                sum.iter().all(|&v| v == (id * ROWS as i64) as f64),
+                "round {round}: class {id}'s sums"
+            );
+        }
+        for id in &guaranteed {
+            assert!(
+                counts.contains_key(id),
+                "round {round}: batch {id} was synced but is missing"
+            );
+        }
+        assert_eq!(saved.samples(), counts.len() as u64 * ROWS as u64);
+    }
+    assert!(
+        total_synced_rounds >= 3,
+        "too few rounds completed a sync: {total_synced_rounds}"
+    );
+    assert!(
+        guaranteed.len() >= 10,
+        "too few synced batches: {}",
+        guaranteed.len()
+    );
+}

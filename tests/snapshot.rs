@@ -1,0 +1,304 @@
+//! State files: round trips (property tests), and every kind of damaged file refused with
+//! a clear error, never a panic or a huge allocation.
+
+mod common;
+
+use std::path::Path;
+
+use common::labelled_data;
+use headstart::net::protocol::{Dtype, ErrorCode, Limits, Reply, Request, encode_request, read_frame};
+use headstart::snapshot::{self, HEADER_LEN, SnapshotError};
+use headstart::stats::{Batch, Stats};
+use proptest::prelude::*;
+
+fn sample_state() -> Stats {
+    let (x, y) = labelled_data(1, 40, 5, &[-3, 0, 7, 1 << 50]);
+    let mut s = Stats::new(5);
+    s.update(&x[..20 * 5], &y[..20]).unwrap();
+    s.begin_task();
+    s.update(&x[20 * 5..], &y[20..]).unwrap();
+    s
+}
+
+fn decode(bytes: &[u8]) -> Result<Stats, SnapshotError> {
+    snapshot::decode(bytes, Path::new("state.hs"))
+}
+
+/// Rewrites the header's length and checksums after a payload edit, so that the decoder's
+/// later checks (not the CRC) must catch the damage.
+fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
+    let payload_len = (bytes.len() - HEADER_LEN) as u64;
+    bytes[24..32].copy_from_slice(&payload_len.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+    bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_written_state_reads_back_equal_and_the_write_is_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.hs");
+    let state = sample_state();
+    snapshot::write(&path, &state).unwrap();
+    let back = snapshot::read(&path).unwrap();
+    assert_eq!(back, state);
+    assert_eq!(back.tasks_begun(), 1);
+    assert_eq!(back.task_classes(), state.task_classes());
+    // Overwriting leaves no temporary file behind.
+    snapshot::write(&path, &Stats::new(5)).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("s.hs")]);
+    assert_eq!(snapshot::read(&path).unwrap().samples(), 0);
+}
+
+#[test]
+fn every_truncation_is_refused_naming_the_file() {
+    let bytes = snapshot::encode(&sample_state());
+    for len in 0..bytes.len() {
+        let err = decode(&bytes[..len]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("state.hs: "), "{len}: {text}");
+        if len >= HEADER_LEN {
+            assert!(matches!(err, SnapshotError::Truncated { .. }), "{len}: {err:?}");
+        }
+    }
+}
+
+#[test]
+fn flipped_bits_are_caught_by_the_checksums() {
+    let bytes = snapshot::encode(&sample_state());
+    for at in (0..bytes.len()).step_by(7) {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x10;
+        let err = decode(&damaged).unwrap_err();
+        match at {
+            0..8 => assert!(err.to_string().contains("wrong magic"), "{at}: {err}"),
+            8..HEADER_LEN => assert!(matches!(err, SnapshotError::NotAState { .. }), "{at}: {err:?}"),
+            _ => assert!(matches!(err, SnapshotError::Checksum { .. }), "{at}: {err:?}"),
+        }
+    }
+}
+
+#[test]
+fn other_versions_dimensions_and_files_are_refused_clearly() {
+    let mut bytes = snapshot::encode(&sample_state());
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let header_crc = crc32fast::hash(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    let err = decode(&bytes).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("version 2, but this build reads version 1"),
+        "{err}"
+    );
+
+    let err = decode(b"\x93NUMPY\x01\x00 not a state file at all, but long enough....").unwrap_err();
+    assert!(err.to_string().contains("not a headstart state file"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.hs");
+    snapshot::write(&path, &sample_state()).unwrap();
+    let err = snapshot::read_with_dim(&path, 6).unwrap_err();
+    assert!(err.to_string().contains("dimension 5, expected 6"), "{err}");
+    let err = snapshot::read(&dir.path().join("missing.hs")).unwrap_err();
+    assert!(err.to_string().contains("missing.hs"), "{err}");
+}
+
+#[test]
+fn a_hostile_length_inside_a_valid_checksum_fails_without_allocating() {
+    // A state of dimension 1 whose Gram vector claims 2⁶⁰ elements: bincode's varint length
+    // prefix is 0xFD followed by a u64. The CRCs are recomputed, so only the decoder stands
+    // between this file and a 8 EiB allocation.
+    let state = Stats::new(1);
+    let honest = snapshot::encode(&state);
+    let payload = &honest[HEADER_LEN..];
+    // Payload: dim (1), tasks_begun (0), then the before-segment: n (0), gram_lower length (1)…
+    assert_eq!(&payload[..4], &[1, 0, 0, 1], "the layout this test edits");
+    let mut hostile = honest[..HEADER_LEN].to_vec();
+    hostile.extend_from_slice(&payload[..3]);
+    hostile.push(0xFD);
+    hostile.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    hostile.extend_from_slice(&payload[4..]);
+    let err = decode(&reseal(hostile)).unwrap_err();
+    assert!(matches!(err, SnapshotError::Invalid { .. }), "{err:?}");
+
+    // Lengths that decode but do not fit the dimension, and counts that do not add up.
+    let mut s = Stats::new(2);
+    s.update(&[1.0f32, 2.0], &[4]).unwrap();
+    let mut bytes = snapshot::encode(&s);
+    let last = bytes.len() - 1;
+    bytes.truncate(last); // one byte short of the task segment's last class sum
+    let err = decode(&reseal(bytes)).unwrap_err();
+    assert!(matches!(err, SnapshotError::Invalid { .. }), "{err:?}");
+}
+
+#[test]
+fn invalid_contents_are_named() {
+    // Encode a state whose class count disagrees with N by editing the count varint.
+    let mut s = Stats::new(1);
+    s.update(&[3.0f32, 4.0], &[9, 9]).unwrap();
+    let bytes = snapshot::encode(&s);
+    // The class entry (id 9, count 2, sum [7.0]) ends the payload: 8-byte f64, length 1,
+    // count 2, id 9 (zigzag 18), walking backwards.
+    let n = bytes.len();
+    assert_eq!(&bytes[n - 11..n - 8], &[18, 2, 1]);
+    let mut damaged = bytes.clone();
+    damaged[n - 10] = 3;
+    let err = decode(&reseal(damaged)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("class counts add up to 3 but the segment holds 2 samples"),
+        "{err}"
+    );
+    let mut damaged = bytes.clone();
+    damaged[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes());
+    let err = decode(&reseal(damaged)).unwrap_err();
+    assert!(err.to_string().contains("class 9"), "{err}");
+}
+
+fn arbitrary_state() -> impl Strategy<Value = Stats> {
+    let batch = (1usize..5).prop_flat_map(|rows| {
+        (
+            proptest::collection::vec(-1e6f64..1e6, rows * 3),
+            proptest::collection::vec(
+                prop_oneof![Just(i64::MIN), Just(-1i64), Just(5), Just(i64::MAX)],
+                rows,
+            ),
+        )
+    });
+    (
+        proptest::collection::vec(batch.clone(), 0..4),
+        proptest::collection::vec(batch, 0..4),
+    )
+        .prop_map(|(before, after)| {
+            let mut s = Stats::new(3);
+            for (x, y) in &before {
+                s.update(x, y).unwrap();
+            }
+            if !after.is_empty() {
+                s.begin_task();
+            }
+            for (x, y) in &after {
+                s.update(x, y).unwrap();
+            }
+            s
+        })
+}
+
+fn arbitrary_request() -> impl Strategy<Value = (Request, Option<(usize, Dtype, Limits)>)> {
+    let dim = 3usize;
+    let limits = Limits::default();
+    let batch32 = (0usize..4).prop_flat_map(move |rows| {
+        (
+            any::<u64>(),
+            proptest::collection::vec(-1e30f32..1e30, rows * dim),
+            proptest::collection::vec(any::<i64>(), rows),
+        )
+    });
+    let batch64 = (0usize..4).prop_flat_map(move |rows| {
+        (
+            any::<u64>(),
+            proptest::collection::vec(-1e100f64..1e100, rows * dim),
+            proptest::collection::vec(any::<i64>(), rows),
+        )
+    });
+    prop_oneof![
+        (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(version, dim, f)| (
+            Request::Hello {
+                version,
+                dim,
+                dtype: if f { Dtype::F32 } else { Dtype::F64 }
+            },
+            None
+        )),
+        batch32.prop_map(move |(seq, x, y)| (
+            Request::Batch {
+                seq,
+                batch: Batch::new(x, y)
+            },
+            Some((dim, Dtype::F32, limits))
+        )),
+        batch64.prop_map(move |(seq, x, y)| (
+            Request::Batch {
+                seq,
+                batch: Batch::new(x, y)
+            },
+            Some((dim, Dtype::F64, limits))
+        )),
+        Just((Request::BeginTask, None)),
+        ".{0,40}".prop_map(|s| (Request::Solve(s), None)),
+        Just((Request::Sync, None)),
+        Just((Request::Stats, None)),
+    ]
+}
+
+fn arbitrary_reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(version, dim, samples)| Reply::Welcome {
+            version,
+            dim,
+            samples
+        }),
+        any::<u64>().prop_map(Reply::Ack),
+        Just(Reply::TaskBegun),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Reply::Head),
+        any::<u64>().prop_map(Reply::Synced),
+        ".{0,40}".prop_map(Reply::Stats),
+        (0usize..9, any::<bool>(), ".{0,40}").prop_map(|(c, fatal, message)| Reply::Error {
+            code: [
+                ErrorCode::Malformed,
+                ErrorCode::TooLarge,
+                ErrorCode::TooManyRows,
+                ErrorCode::BadBatch,
+                ErrorCode::Session,
+                ErrorCode::Solve,
+                ErrorCode::Durability,
+                ErrorCode::IdleTimeout,
+                ErrorCode::Unavailable
+            ][c],
+            fatal,
+            message
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn state_files_round_trip(state in arbitrary_state()) {
+        let bytes = snapshot::encode(&state);
+        let back = decode(&bytes).unwrap();
+        prop_assert_eq!(&back, &state);
+        prop_assert_eq!(snapshot::encode(&back), bytes);
+    }
+
+    #[test]
+    fn requests_round_trip((request, session) in arbitrary_request()) {
+        let frame = encode_request(&request);
+        let raw = read_frame(&mut &frame[..], 1 << 20).unwrap();
+        prop_assert_eq!(Request::decode(raw.kind, &raw.body, session).unwrap(), request);
+    }
+
+    #[test]
+    fn replies_round_trip(reply in arbitrary_reply()) {
+        let (kind, body) = reply.encode();
+        prop_assert_eq!(Reply::decode(kind, &body).unwrap(), reply);
+    }
+
+    #[test]
+    fn truncated_frames_never_decode_to_the_original((request, session) in arbitrary_request(), cut in 0usize..64) {
+        let frame = encode_request(&request);
+        let cut = cut.min(frame.len());
+        // A frame cut short is an error, never a shorter valid request.
+        if cut < frame.len() {
+            let shortened = &frame[..frame.len() - cut.max(1)];
+            if let Ok(raw) = read_frame(&mut &shortened[..], 1 << 20) {
+                prop_assert!(Request::decode(raw.kind, &raw.body, session).map(|r| r != request).unwrap_or(true));
+            }
+        }
+    }
+}
