@@ -34,7 +34,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::export::{ExportError, write_atomically};
-use crate::stats::{Stats, StatsImage};
+use crate::stats::{Stats, StatsParts};
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HDSTATE\n";
@@ -121,7 +121,7 @@ fn bincode_config() -> impl bincode::config::Config {
 
 /// The state file's bytes: header and payload.
 pub fn encode(stats: &Stats) -> Vec<u8> {
-    let payload = bincode::serde::encode_to_vec(stats.to_image(), bincode_config())
+    let payload = bincode::serde::encode_to_vec(stats.to_parts(), bincode_config())
         .expect("encoding plain data into a Vec cannot fail");
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
@@ -201,7 +201,7 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
     }
     // serde's sequence visitors never preallocate more than about 1 MiB from a length
     // prefix, so a hostile length fails at the end of the payload instead of allocating.
-    let (image, used): (StatsImage, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+    let (parts, used): (StatsParts, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
         .map_err(|e| SnapshotError::Invalid {
             path: path(),
             reason: format!("payload does not decode: {e}"),
@@ -212,13 +212,13 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
             reason: format!("{} bytes left over after the state", payload.len() - used),
         });
     }
-    if image.dim != dim {
+    if parts.dim != dim {
         return Err(SnapshotError::Invalid {
             path: path(),
-            reason: format!("header says dimension {dim}, payload says {}", image.dim),
+            reason: format!("header says dimension {dim}, payload says {}", parts.dim),
         });
     }
-    Stats::from_image(image).map_err(|reason| SnapshotError::Invalid { path: path(), reason })
+    Stats::from_parts(parts).map_err(|reason| SnapshotError::Invalid { path: path(), reason })
 }
 
 /// Reads a state file.

@@ -171,33 +171,52 @@ impl Moments {
     }
 }
 
-/// A plain image of a [`Stats`], for state files: one segment's gram as its packed lower
-/// triangle (column by column), classes ascending by id.
+/// A [`Stats`] as plain vectors: what a state file stores, and what a collective (an
+/// all-reduce across processes) can add up element by element.
+///
+/// # Examples
+/// ```
+/// use headstart::stats::Stats;
+/// let mut s = Stats::new(2);
+/// s.update(&[1.0f32, 2.0], &[7])?;
+/// let parts = s.to_parts();
+/// assert_eq!(parts.task.gram_lower, vec![1.0, 2.0, 4.0]); // G₀₀, G₁₀, G₁₁
+/// assert_eq!(Stats::from_parts(parts)?, s);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct StatsImage {
-    pub(crate) dim: u64,
-    pub(crate) tasks_begun: u64,
-    pub(crate) before: SegmentImage,
-    pub(crate) task: SegmentImage,
+pub struct StatsParts {
+    /// Feature dimension d.
+    pub dim: u64,
+    /// Task boundaries seen (the largest count among merged states).
+    pub tasks_begun: u64,
+    /// Samples before the last task boundary.
+    pub before: SegmentParts,
+    /// Samples since the last task boundary.
+    pub task: SegmentParts,
 }
 
-/// One segment of a [`StatsImage`].
+/// One segment of [`StatsParts`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SegmentImage {
-    pub(crate) n: u64,
-    pub(crate) gram_lower: Vec<f64>,
-    pub(crate) sum: Vec<f64>,
-    pub(crate) classes: Vec<(i64, u64, Vec<f64>)>,
+pub struct SegmentParts {
+    /// Samples N.
+    pub n: u64,
+    /// The lower triangle of G = Σ x xᵀ, column by column: d(d+1)/2 values.
+    pub gram_lower: Vec<f64>,
+    /// Σ x (d values).
+    pub sum: Vec<f64>,
+    /// `(class id, count, Σ x over the class)`, ascending by id, counts positive.
+    pub classes: Vec<(i64, u64, Vec<f64>)>,
 }
 
-impl SegmentImage {
+impl SegmentParts {
     fn of(m: &Moments) -> Self {
         let dim = m.sum.len();
         let mut gram_lower = Vec::with_capacity(dim * (dim + 1) / 2);
         for j in 0..dim {
             gram_lower.extend_from_slice(&m.gram.col_as_slice(j)[j..]);
         }
-        SegmentImage {
+        SegmentParts {
             n: m.n,
             gram_lower,
             sum: m.sum.clone(),
@@ -627,29 +646,33 @@ impl Stats {
         out
     }
 
-    /// The state as a plain image (see [`StatsImage`]).
-    pub(crate) fn to_image(&self) -> StatsImage {
-        StatsImage {
+    /// The state as plain vectors (see [`StatsParts`]).
+    pub fn to_parts(&self) -> StatsParts {
+        StatsParts {
             dim: self.dim as u64,
             tasks_begun: self.tasks_begun,
-            before: SegmentImage::of(&self.before),
-            task: SegmentImage::of(&self.task),
+            before: SegmentParts::of(&self.before),
+            task: SegmentParts::of(&self.task),
         }
     }
 
-    /// Rebuilds a state from an image, checking it completely; the error says what is wrong.
-    pub(crate) fn from_image(image: StatsImage) -> Result<Stats, String> {
-        let dim = usize::try_from(image.dim)
+    /// Rebuilds a state from its parts, checking every length, count and value.
+    ///
+    /// # Errors
+    /// A message saying what is inconsistent (a length that does not fit the dimension,
+    /// class ids out of order, counts that do not add up, a value that is not finite).
+    pub fn from_parts(parts: StatsParts) -> Result<Stats, String> {
+        let dim = usize::try_from(parts.dim)
             .ok()
             .filter(|&d| d > 0)
-            .ok_or_else(|| format!("dimension {} is not usable", image.dim))?;
-        if image.before.n.checked_add(image.task.n).is_none() {
+            .ok_or_else(|| format!("dimension {} is not usable", parts.dim))?;
+        if parts.before.n.checked_add(parts.task.n).is_none() {
             return Err("the segments' sample counts overflow".into());
         }
         let mut stats = Stats::new(dim);
-        stats.before = image.before.restore(dim, "before-task")?;
-        stats.task = image.task.restore(dim, "task")?;
-        stats.tasks_begun = image.tasks_begun;
+        stats.before = parts.before.restore(dim, "before-task")?;
+        stats.task = parts.task.restore(dim, "task")?;
+        stats.tasks_begun = parts.tasks_begun;
         Ok(stats)
     }
 
