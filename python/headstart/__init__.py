@@ -1,0 +1,24 @@
+"""headstart: least-squares heads for new classes, from streaming statistics.
+
+The statistics (sample count, Gram matrix, per-class sums and counts, in float64) are exact and
+mergeable; a head for any set of classes is solved on demand. The arithmetic is Rust (faer),
+in process, with the GIL released.
+
+Example::
+
+    import numpy as np, headstart
+
+    stats = headstart.Stats(512)
+    for features, labels in loader:            # (B, 512) float32/float64, (B,) integers
+        stats.update(features, labels)
+    head = stats.solve(lam=0.05)               # nc head of Harun & Kanan (Eq. 3)
+    head.weight, head.bias, head.class_ids     # numpy arrays: (C, 512), (C,), (C,)
+    head.save("head.safetensors")              # the CLI's format
+
+`headstart.torch` puts heads into `torch.nn.Linear` layers and all-reduces statistics across
+the processes of a torch.distributed job.
+"""
+
+from ._native import Head, Stats, __version__
+
+__all__ = ["Stats", "Head", "__version__"]

@@ -1,0 +1,83 @@
+"""Type stubs of the native module (Rust, PyO3)."""
+
+from os import PathLike
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+_Path = Union[str, PathLike[str]]
+
+class Stats:
+    """Streaming sufficient statistics for least-squares heads (float64, exact, mergeable)."""
+
+    def __init__(self, dim: int, precision: str = "exact") -> None:
+        """A state for `dim` features; `precision="fast"` computes batch products in float32."""
+    def update(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
+        """Adds (B, d) float32/float64 features and (B,) integer labels; ValueError on bad input, with no change."""
+    def retract(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
+        """Removes a batch added since the last task boundary; ValueError if it is not held."""
+    def merge(self, other: Stats) -> None:
+        """Adds another state's statistics (exact)."""
+    def begin_task(self) -> None:
+        """Marks a task boundary for `solve(scope="task")`."""
+    @property
+    def n(self) -> int: ...
+    @property
+    def task_n(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def tasks_begun(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def classes(self) -> list[int]: ...
+    @property
+    def task_classes(self) -> list[int]: ...
+    def class_count(self, id: int) -> int: ...
+    def copy(self) -> Stats: ...
+    def save(self, path: _Path) -> None:
+        """Writes the CLI's state file format (.hs), atomically."""
+    @staticmethod
+    def load(path: _Path) -> Stats:
+        """Reads a state file; OSError if unreadable, ValueError if damaged."""
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> Stats: ...
+    def solve(
+        self,
+        form: str = "nc",
+        lam: float = 0.05,
+        classes: Optional[Sequence[int]] = None,
+        bias: bool = True,
+        scope: str = "all",
+    ) -> Head:
+        """Solves the head for `classes` (default all, ascending); ValueError names the problem."""
+    def _parts(self) -> dict[str, Any]: ...
+    @staticmethod
+    def _from_parts(parts: dict[str, Any]) -> Stats: ...
+
+class Head:
+    """A solved head: logits = features @ weight.T + bias."""
+
+    @property
+    def weight(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def bias(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def class_ids(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def lam(self) -> float: ...
+    @property
+    def form(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def samples(self) -> int: ...
+    def save(self, path: _Path, prefix: str = "") -> None:
+        """Writes the CLI's safetensors format."""

@@ -1,0 +1,537 @@
+//! Python bindings of headstart: `headstart.Stats` and `headstart.Head` (module
+//! `headstart._native`, re-exported by `headstart/__init__.py`).
+//!
+//! Arrays cross without a copy when they already are C-contiguous float32/float64 features
+//! and int64 labels; anything else goes through `numpy.ascontiguousarray` once. The
+//! arithmetic runs with the GIL released. Every error is a Python exception carrying the
+//! Rust error's message: `ValueError` for bad input (which never changes the state),
+//! `OSError` for files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use headstart::export;
+use headstart::snapshot::{self, SnapshotError};
+use headstart::solve::{Form, Head as CoreHead, Scope, SolveOptions, Solver};
+use headstart::stats::{Precision, SegmentParts, Stats as CoreStats, StatsParts};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+fn value_error(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+fn snapshot_error(e: SnapshotError) -> PyErr {
+    match e {
+        SnapshotError::Io { .. } => PyOSError::new_err(e.to_string()),
+        other => value_error(other),
+    }
+}
+
+/// Features as a borrowed, C-contiguous 2-D array of either float type.
+enum FeaturesArg<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F64(PyReadonlyArray2<'py, f64>),
+}
+
+impl FeaturesArg<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let s = match self {
+            FeaturesArg::F32(a) => a.shape(),
+            FeaturesArg::F64(a) => a.shape(),
+        };
+        (s[0], s[1])
+    }
+}
+
+fn contiguous<'py>(obj: &Bound<'py, PyAny>, dtype: &str) -> PyResult<Bound<'py, PyAny>> {
+    let np = obj.py().import("numpy")?;
+    let kwargs = PyDict::new(obj.py());
+    kwargs.set_item("dtype", dtype)?;
+    np.call_method("ascontiguousarray", (obj,), Some(&kwargs))
+}
+
+fn features_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<FeaturesArg<'py>> {
+    if let Ok(a) = obj.cast::<PyArray2<f32>>()
+        && a.is_c_contiguous()
+    {
+        return Ok(FeaturesArg::F32(a.try_readonly().map_err(value_error)?));
+    }
+    if let Ok(a) = obj.cast::<PyArray2<f64>>()
+        && a.is_c_contiguous()
+    {
+        return Ok(FeaturesArg::F64(a.try_readonly().map_err(value_error)?));
+    }
+    let np = obj.py().import("numpy")?;
+    let array = np.call_method1("asarray", (obj,))?;
+    let ndim: usize = array.getattr("ndim")?.extract()?;
+    let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+    if ndim != 2 {
+        return Err(value_error(format!(
+            "features must be a 2-D array (B, d), got shape {shape:?}"
+        )));
+    }
+    let dtype = array.getattr("dtype")?;
+    let (kind, name): (String, String) = (
+        dtype.getattr("kind")?.extract()?,
+        dtype.getattr("name")?.extract()?,
+    );
+    let target = match (kind.as_str(), name.as_str()) {
+        (_, "float32") => "float32",
+        ("f" | "i" | "u" | "b", _) => "float64",
+        _ => return Err(value_error(format!("features must be numeric, got dtype {name}"))),
+    };
+    let converted = contiguous(&array, target)?;
+    if target == "float32" {
+        let a = converted.cast_into::<PyArray2<f32>>().map_err(value_error)?;
+        Ok(FeaturesArg::F32(a.try_readonly().map_err(value_error)?))
+    } else {
+        let a = converted.cast_into::<PyArray2<f64>>().map_err(value_error)?;
+        Ok(FeaturesArg::F64(a.try_readonly().map_err(value_error)?))
+    }
+}
+
+fn labels_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, i64>> {
+    if let Ok(a) = obj.cast::<PyArray1<i64>>()
+        && a.is_c_contiguous()
+    {
+        return a.try_readonly().map_err(value_error);
+    }
+    let np = obj.py().import("numpy")?;
+    let array = np.call_method1("asarray", (obj,))?;
+    let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+    if shape.len() != 1 {
+        return Err(value_error(format!(
+            "labels must be a 1-D array (B,), got shape {shape:?}"
+        )));
+    }
+    let dtype = array.getattr("dtype")?;
+    let (kind, name): (String, String) = (
+        dtype.getattr("kind")?.extract()?,
+        dtype.getattr("name")?.extract()?,
+    );
+    match kind.as_str() {
+        "i" => {}
+        "u" if name == "uint64" => {
+            let too_big: bool = array
+                .call_method1("__gt__", (i64::MAX as u64,))?
+                .call_method0("any")?
+                .extract()?;
+            if too_big {
+                return Err(value_error("labels above 2^63 - 1 do not fit a class id (int64)"));
+            }
+        }
+        "u" => {}
+        _ => return Err(value_error(format!("labels must be integers, got dtype {name}"))),
+    }
+    contiguous(&array, "int64")?
+        .cast_into::<PyArray1<i64>>()
+        .map_err(value_error)?
+        .try_readonly()
+        .map_err(value_error)
+}
+
+/// Streaming sufficient statistics for least-squares heads: sample count, Gram matrix,
+/// class sums and counts (f64), for a feature dimension fixed at creation.
+///
+/// `Stats(dim, precision="exact")`; `precision="fast"` computes each batch's product in
+/// float32 (totals stay float64).
+#[pyclass(name = "Stats", module = "headstart")]
+struct PyStats {
+    inner: CoreStats,
+    solver: Solver,
+}
+
+impl PyStats {
+    fn wrap(inner: CoreStats) -> Self {
+        PyStats {
+            inner,
+            solver: Solver::new(),
+        }
+    }
+
+    fn checked<'py>(
+        &self,
+        features: &Bound<'py, PyAny>,
+        labels: &Bound<'py, PyAny>,
+    ) -> PyResult<(FeaturesArg<'py>, PyReadonlyArray1<'py, i64>)> {
+        let x = features_arg(features)?;
+        let y = labels_arg(labels)?;
+        let (rows, cols) = x.shape();
+        if cols != self.inner.dim() {
+            return Err(value_error(format!(
+                "features have {cols} columns but the state's dimension is {}",
+                self.inner.dim()
+            )));
+        }
+        if rows != y.len() {
+            return Err(value_error(format!("{rows} feature rows but {} labels", y.len())));
+        }
+        Ok((x, y))
+    }
+}
+
+#[pymethods]
+impl PyStats {
+    #[new]
+    #[pyo3(signature = (dim, precision = "exact"))]
+    fn new(dim: usize, precision: &str) -> PyResult<Self> {
+        if dim == 0 {
+            return Err(value_error("dim must be at least 1"));
+        }
+        let precision: Precision = precision.parse().map_err(value_error)?;
+        Ok(PyStats::wrap(CoreStats::with_precision(dim, precision)))
+    }
+
+    /// Adds a batch: `features` (B, d) float32/float64, `labels` (B,) integers. Arrays that are
+    /// already C-contiguous float32/float64 and int64 are read in place. A rejected batch
+    /// (shape, NaN/inf, magnitude) raises ValueError and changes nothing.
+    fn update(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (x, y) = self.checked(features, labels)?;
+        let y = y.as_slice().map_err(value_error)?;
+        let inner = &mut self.inner;
+        let result = match &x {
+            FeaturesArg::F32(a) => {
+                let s = a.as_slice().map_err(value_error)?;
+                py.detach(|| inner.update(s, y))
+            }
+            FeaturesArg::F64(a) => {
+                let s = a.as_slice().map_err(value_error)?;
+                py.detach(|| inner.update(s, y))
+            }
+        };
+        result.map_err(value_error)
+    }
+
+    /// Removes a batch added since the last task boundary (unlearning); ValueError, with no
+    /// change, if the state does not hold those samples.
+    fn retract(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (x, y) = self.checked(features, labels)?;
+        let y = y.as_slice().map_err(value_error)?;
+        let inner = &mut self.inner;
+        let result = match &x {
+            FeaturesArg::F32(a) => {
+                let s = a.as_slice().map_err(value_error)?;
+                py.detach(|| inner.retract(s, y))
+            }
+            FeaturesArg::F64(a) => {
+                let s = a.as_slice().map_err(value_error)?;
+                py.detach(|| inner.retract(s, y))
+            }
+        };
+        result.map_err(value_error)
+    }
+
+    /// Adds another state's statistics (exact; the empty state is the identity).
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
+        let other = other.borrow().inner.clone();
+        slf.borrow_mut().inner.merge(&other).map_err(value_error)
+    }
+
+    /// Marks a task boundary: `solve(scope="task")` then sees only what arrives afterwards.
+    fn begin_task(&mut self) {
+        self.inner.begin_task();
+    }
+
+    /// Samples N.
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.samples()
+    }
+
+    /// Samples since the last task boundary.
+    #[getter]
+    fn task_n(&self) -> u64 {
+        self.inner.task_samples()
+    }
+
+    /// Feature dimension d.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Task boundaries marked so far.
+    #[getter]
+    fn tasks_begun(&self) -> u64 {
+        self.inner.tasks_begun()
+    }
+
+    /// `"exact"` or `"fast"`.
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.precision().to_string()
+    }
+
+    /// Class ids seen, ascending.
+    #[getter]
+    fn classes(&self) -> Vec<i64> {
+        self.inner.classes()
+    }
+
+    /// Class ids with samples since the last task boundary, ascending.
+    #[getter]
+    fn task_classes(&self) -> Vec<i64> {
+        self.inner.task_classes()
+    }
+
+    /// Samples of class `id` (0 if never seen).
+    fn class_count(&self, id: i64) -> u64 {
+        self.inner.class_count(id)
+    }
+
+    /// An independent copy.
+    fn copy(&self) -> Self {
+        PyStats::wrap(self.inner.clone())
+    }
+
+    /// Writes the state file (the CLI's `.hs` format), atomically.
+    fn save(&self, path: PathBuf) -> PyResult<()> {
+        snapshot::write(&path, &self.inner).map_err(snapshot_error)
+    }
+
+    /// Reads a state file written by `save`, `headstart ingest` or `headstart serve`.
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<Self> {
+        snapshot::read(&path).map(PyStats::wrap).map_err(snapshot_error)
+    }
+
+    /// The state file's bytes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &snapshot::encode(&self.inner))
+    }
+
+    /// A state from `to_bytes` output.
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        snapshot::decode(data, std::path::Path::new("<bytes>"))
+            .map(PyStats::wrap)
+            .map_err(snapshot_error)
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let py = slf.py();
+        let from_bytes = py.get_type::<PyStats>().getattr("from_bytes")?;
+        Ok((from_bytes, (slf.borrow().to_bytes(py),)))
+    }
+
+    /// Solves a head. `form`: "nc" (Harun & Kanan, Eq. 3) or "ridge"; `lam` ≥ 0; `classes`:
+    /// ids in row order (default: all, ascending); `scope`: "all" or "task".
+    #[pyo3(signature = (form = "nc", lam = 0.05, classes = None, bias = true, scope = "all"))]
+    fn solve(
+        &self,
+        py: Python<'_>,
+        form: &str,
+        lam: f64,
+        classes: Option<Vec<i64>>,
+        bias: bool,
+        scope: &str,
+    ) -> PyResult<PyHead> {
+        let opts = SolveOptions {
+            form: form.parse::<Form>().map_err(value_error)?,
+            scope: scope.parse::<Scope>().map_err(value_error)?,
+            lambda: lam,
+            bias,
+            classes,
+        };
+        let (solver, inner) = (&self.solver, &self.inner);
+        py.detach(|| solver.solve(inner, &opts))
+            .map(|inner| PyHead { inner })
+            .map_err(value_error)
+    }
+
+    /// The statistics as plain arrays (a dict), for collectives such as an all-reduce.
+    fn _parts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let parts = self.inner.to_parts();
+        let out = PyDict::new(py);
+        out.set_item("dim", parts.dim)?;
+        out.set_item("tasks_begun", parts.tasks_begun)?;
+        for (name, seg) in [("before", &parts.before), ("task", &parts.task)] {
+            let d = PyDict::new(py);
+            d.set_item("n", seg.n)?;
+            d.set_item("gram_lower", PyArray1::from_slice(py, &seg.gram_lower))?;
+            d.set_item("sum", PyArray1::from_slice(py, &seg.sum))?;
+            let ids: Vec<i64> = seg.classes.iter().map(|c| c.0).collect();
+            let counts: Vec<u64> = seg.classes.iter().map(|c| c.1).collect();
+            let sums: Vec<f64> = seg.classes.iter().flat_map(|c| c.2.iter().copied()).collect();
+            d.set_item("class_ids", PyArray1::from_vec(py, ids))?;
+            d.set_item("class_counts", PyArray1::from_vec(py, counts))?;
+            d.set_item(
+                "class_sums",
+                PyArray1::from_vec(py, sums).reshape([seg.classes.len(), parts.dim as usize])?,
+            )?;
+            out.set_item(name, d)?;
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a state from `_parts` output (every length, count and value is checked).
+    #[staticmethod]
+    fn _from_parts(parts: &Bound<'_, PyDict>) -> PyResult<Self> {
+        fn get<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+            d.get_item(key)?
+                .ok_or_else(|| value_error(format!("parts: missing '{key}'")))
+        }
+        let dim: u64 = get(parts, "dim")?.extract()?;
+        let segment = |name: &str| -> PyResult<SegmentParts> {
+            let seg = get(parts, name)?;
+            let seg = seg.cast::<PyDict>().map_err(value_error)?;
+            let vector = |key: &str| -> PyResult<Vec<f64>> {
+                contiguous(&get(seg, key)?, "float64")?
+                    .call_method0("ravel")?
+                    .extract()
+            };
+            let ids: Vec<i64> = contiguous(&get(seg, "class_ids")?, "int64")?
+                .call_method0("ravel")?
+                .extract()?;
+            let counts: Vec<u64> = contiguous(&get(seg, "class_counts")?, "uint64")?
+                .call_method0("ravel")?
+                .extract()?;
+            let sums = vector("class_sums")?;
+            let d = dim as usize;
+            if ids.len() != counts.len() || sums.len() != ids.len() * d {
+                return Err(value_error(format!(
+                    "parts: {name}: {} class ids, {} counts and {} sum values do not match dimension {d}",
+                    ids.len(),
+                    counts.len(),
+                    sums.len()
+                )));
+            }
+            Ok(SegmentParts {
+                n: get(seg, "n")?.extract()?,
+                gram_lower: vector("gram_lower")?,
+                sum: vector("sum")?,
+                classes: ids
+                    .into_iter()
+                    .zip(counts)
+                    .zip(sums.chunks(d.max(1)))
+                    .map(|((id, count), s)| (id, count, s.to_vec()))
+                    .collect(),
+            })
+        };
+        let rebuilt = StatsParts {
+            dim,
+            tasks_begun: get(parts, "tasks_begun")?.extract()?,
+            before: segment("before")?,
+            task: segment("task")?,
+        };
+        CoreStats::from_parts(rebuilt)
+            .map(PyStats::wrap)
+            .map_err(value_error)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Stats(dim={}, n={}, classes={}, tasks_begun={}, precision='{}')",
+            self.inner.dim(),
+            self.inner.samples(),
+            self.inner.classes().len(),
+            self.inner.tasks_begun(),
+            self.inner.precision()
+        )
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyStats>()
+            .is_ok_and(|o| o.borrow().inner == self.inner)
+    }
+}
+
+/// A solved head: `weight` (C, d), `bias` (C,), `class_ids` (C,), float64 / int64 arrays.
+#[pyclass(name = "Head", module = "headstart")]
+struct PyHead {
+    inner: CoreHead,
+}
+
+#[pymethods]
+impl PyHead {
+    /// (C, d) float64: row i is the weight vector of class `class_ids[i]`.
+    #[getter]
+    fn weight<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        PyArray1::from_slice(py, &self.inner.weight).reshape([self.inner.rows(), self.inner.dim])
+    }
+
+    /// (C,) float64.
+    #[getter]
+    fn bias<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, &self.inner.bias)
+    }
+
+    /// (C,) int64: the class id of each row.
+    #[getter]
+    fn class_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        PyArray1::from_slice(py, &self.inner.class_ids)
+    }
+
+    /// Feature dimension d.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim
+    }
+
+    /// λ used.
+    #[getter]
+    fn lam(&self) -> f64 {
+        self.inner.info.lambda
+    }
+
+    /// "nc" or "ridge".
+    #[getter]
+    fn form(&self) -> String {
+        self.inner.info.form.to_string()
+    }
+
+    /// "all" or "task".
+    #[getter]
+    fn scope(&self) -> String {
+        self.inner.info.scope.to_string()
+    }
+
+    /// Samples in the scope the head was solved from.
+    #[getter]
+    fn samples(&self) -> u64 {
+        self.inner.info.samples
+    }
+
+    /// Writes the CLI's safetensors format: `{prefix}weight` [C, d] F32, `{prefix}bias` [C],
+    /// `{prefix}class_ids` [C] I64, with metadata.
+    #[pyo3(signature = (path, prefix = ""))]
+    fn save(&self, path: PathBuf, prefix: &str) -> PyResult<()> {
+        let mut extra = BTreeMap::new();
+        extra.insert("source".to_string(), "headstart (Python)".to_string());
+        export::write_head(&path, &self.inner, prefix, &extra).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Head(classes={}, dim={}, form='{}', lam={}, scope='{}')",
+            self.inner.rows(),
+            self.inner.dim,
+            self.inner.info.form,
+            self.inner.info.lambda,
+            self.inner.info.scope
+        )
+    }
+}
+
+/// The native part of the `headstart` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStats>()?;
+    m.add_class::<PyHead>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

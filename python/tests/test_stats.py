@@ -1,0 +1,195 @@
+"""headstart.Stats and Head against numpy float64 references."""
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import make_data, nc_reference, rel_err
+
+import headstart
+
+SOLVE_TOL = 1e-9  # float64 solve vs numpy float64 solve
+
+
+def stats_of(x, y, batch=64, **kw):
+    s = headstart.Stats(x.shape[1], **kw)
+    for i in range(0, len(y), batch):
+        s.update(x[i : i + batch], y[i : i + batch])
+    return s
+
+
+def test_gram_and_sums_match_numpy(data):
+    x, y = data
+    s = stats_of(x, y)
+    parts = s._parts()["task"]
+    d = x.shape[1]
+    gram = np.zeros((d, d))
+    col, row = np.triu_indices(d)  # the lower triangle column by column: (row >= col)
+    gram[row, col] = parts["gram_lower"]
+    assert rel_err(np.tril(gram), np.tril(x.T @ x)) < 1e-13
+    assert list(parts["class_ids"]) == [-2, 0, 5, 9]
+    for k, cid in enumerate(parts["class_ids"]):
+        assert parts["class_counts"][k] == (y == cid).sum()
+        assert rel_err(parts["class_sums"][k], x[y == cid].sum(axis=0)) < 1e-13
+    assert s.n == 600 and s.dim == 7 and s.classes == [-2, 0, 5, 9]
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_nc_head_matches_numpy(data, lam, bias):
+    x, y = data
+    head = stats_of(x, y).solve(lam=lam, bias=bias, classes=[9, -2, 5])
+    w, b = nc_reference(x, y, [9, -2, 5], lam, bias)
+    assert list(head.class_ids) == [9, -2, 5]
+    assert head.weight.shape == (3, 7) and head.weight.dtype == np.float64
+    assert rel_err(head.weight, w) < SOLVE_TOL
+    assert rel_err(head.bias, b) < SOLVE_TOL
+
+
+def test_ridge_head_matches_least_squares_with_a_bias_column(data):
+    x, y = data
+    head = stats_of(x, y).solve(form="ridge", lam=0.1)
+    classes = sorted(set(y.tolist()))
+    targets = (y[:, None] == np.array(classes)[None, :]).astype(np.float64)
+    n = len(y)
+    xc = x - x.mean(axis=0)
+    w = np.linalg.solve(xc.T @ xc / n + 0.1 * np.eye(x.shape[1]), xc.T @ (targets - targets.mean(axis=0)) / n).T
+    b = targets.mean(axis=0) - w @ x.mean(axis=0)
+    assert rel_err(head.weight, w) < SOLVE_TOL
+    assert rel_err(head.bias, b) < SOLVE_TOL
+
+
+def test_float32_input_is_read_in_place_and_widened_exactly(data):
+    x, y = data
+    x32 = x.astype(np.float32)
+    s32 = stats_of(x32, y)
+    s64 = stats_of(x32.astype(np.float64), y)
+    assert s32 == s64
+    # Non-contiguous and integer-label inputs are converted, with the same result.
+    s = headstart.Stats(7)
+    s.update(np.asfortranarray(x32), y.astype(np.int16))
+    s.update(x32[::-1][::-1], y.astype(np.uint8) * 0 + y)
+    assert s.n == 1200
+
+
+def test_merge_equals_one_stream_and_retract_undoes_update(data):
+    x, y = data
+    a, b = stats_of(x[:250], y[:250]), stats_of(x[250:], y[250:])
+    a.merge(b)
+    whole = stats_of(x, y)
+    assert rel_err(a.solve().weight, whole.solve().weight) < 1e-12
+    before = whole.copy()
+    whole.update(x[:10], y[:10])
+    whole.retract(x[:10], y[:10])
+    assert rel_err(whole.solve().weight, before.solve().weight) < 1e-12
+    a.merge(a)  # merging a state with itself doubles it
+    assert a.n == 1200
+
+
+def test_task_scope_uses_only_data_after_the_boundary(data):
+    x, y = data
+    s = stats_of(x[:300], y[:300])
+    s.begin_task()
+    s.update(x[300:], y[300:])
+    assert (s.tasks_begun, s.task_n) == (1, 300)
+    head = s.solve(scope="task", lam=0.01)
+    classes = sorted(set(y[300:].tolist()))
+    w, b = nc_reference(x[300:], y[300:], classes, 0.01)
+    assert rel_err(head.weight, w) < SOLVE_TOL
+    assert head.scope == "task" and head.samples == 300
+
+
+def test_bad_input_raises_value_error_and_changes_nothing(data):
+    x, y = data
+    s = stats_of(x, y)
+    before = s.copy()
+    bad = x[:4].copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="row 2, column 3"):
+        s.update(bad, y[:4])
+    with pytest.raises(ValueError, match="columns"):
+        s.update(x[:4, :5], y[:4])
+    with pytest.raises(ValueError, match="labels"):
+        s.update(x[:4], y[:3])
+    with pytest.raises(ValueError, match="integers"):
+        s.update(x[:4], y[:4].astype(np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        s.update(x[0], y[:1])
+    with pytest.raises(ValueError, match="int64"):
+        s.update(x[:1], np.array([2**63], dtype=np.uint64))
+    with pytest.raises(ValueError, match="class 77"):
+        s.retract(x[:1], np.array([77]))
+    with pytest.raises(ValueError, match="42"):
+        s.solve(classes=[42])
+    with pytest.raises(ValueError, match="form"):
+        s.solve(form="lasso")
+    with pytest.raises(ValueError):
+        headstart.Stats(0)
+    with pytest.raises(ValueError, match="dimension"):
+        s.merge(headstart.Stats(3))
+    assert s == before
+
+
+def test_files_round_trip_in_the_cli_formats(tmp_path, data):
+    x, y = data
+    s = stats_of(x, y)
+    s.begin_task()
+    s.update(x[:20], y[:20])
+    s.save(tmp_path / "s.hs")
+    back = headstart.Stats.load(tmp_path / "s.hs")
+    assert back == s and back.tasks_begun == 1
+    assert pickle.loads(pickle.dumps(s)) == s
+    (tmp_path / "bad.hs").write_bytes(s.to_bytes()[:-3])
+    with pytest.raises(ValueError, match="truncated"):
+        headstart.Stats.load(tmp_path / "bad.hs")
+    with pytest.raises(OSError):
+        headstart.Stats.load(tmp_path / "missing.hs")
+    head = s.solve(lam=0.02)
+    head.save(tmp_path / "h.safetensors", prefix="fc.")
+    from headstart._safetensors import read_safetensors
+
+    tensors, meta = read_safetensors((tmp_path / "h.safetensors").read_bytes())
+    assert rel_err(tensors["fc.weight"], head.weight) < 1e-7  # stored as float32
+    assert list(tensors["fc.class_ids"]) == list(head.class_ids)
+    assert meta["form"] == "nc" and meta["prefix"] == "fc."
+
+
+def test_parts_round_trip_and_are_checked(data):
+    x, y = data
+    s = stats_of(x, y)
+    parts = s._parts()
+    assert headstart.Stats._from_parts(parts) == s
+    parts["task"]["class_counts"] = parts["task"]["class_counts"] + 1
+    with pytest.raises(ValueError, match="add up"):
+        headstart.Stats._from_parts(parts)
+
+
+def test_fast_precision_is_close_to_exact(data):
+    x, y = data
+    x32 = x.astype(np.float32)
+    fast = stats_of(x32, y, batch=256, precision="fast")
+    exact = stats_of(x32, y, batch=256)
+    assert fast.precision == "fast"
+    assert rel_err(fast.solve().weight, exact.solve().weight) < 1e-5
+
+
+def test_a_state_file_from_the_cli_loads(tmp_path):
+    import os
+    import subprocess
+
+    binary = os.environ.get("HEADSTART_BIN")
+    if not binary:
+        pytest.skip("set HEADSTART_BIN to the headstart binary to check CLI interop")
+    x, y = make_data(8, 200, 5, [1, 2])
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    subprocess.run(
+        [binary, "ingest", "--features", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--state", tmp_path / "s.hs"],
+        check=True,
+        capture_output=True,
+    )
+    from_cli = headstart.Stats.load(tmp_path / "s.hs")
+    here = stats_of(x.astype(np.float32), y)
+    assert (from_cli.n, from_cli.classes) == (here.n, here.classes)
+    # Batches of another size add in another order: equal up to float64 rounding.
+    assert rel_err(from_cli.solve().weight, here.solve().weight) < 1e-12
