@@ -42,9 +42,9 @@ pub const MAGIC: [u8; 8] = *b"HDSTATE\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 40;
-/// The largest feature dimension a state file may declare (its Gram alone would take
-/// 32 GiB): a corrupt header cannot make the reader plan for more.
-pub const MAX_DIM: u64 = 1 << 16;
+/// The largest feature dimension a state file may declare ([`crate::stats::MAX_DIM`]): a
+/// corrupt header cannot make the reader plan for more.
+pub const MAX_DIM: u64 = crate::stats::MAX_DIM as u64;
 
 /// Why a state file could not be read or written.
 #[derive(Debug, thiserror::Error)]

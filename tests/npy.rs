@@ -174,3 +174,33 @@ fn refuses_row_ranges_outside_the_file() {
     let err = f.read_rows(3, 2).unwrap_err().to_string();
     assert!(err.contains("rows 3..5") && err.contains("4 rows"), "{err}");
 }
+
+#[test]
+fn refuses_absurd_row_widths_even_with_zero_rows() {
+    // Found by the npy_file fuzz target: 0 rows of 10^19 float64 columns holds zero data
+    // bytes, so the size check passes; the row width (8 × 10^19 bytes) must not overflow.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, shape: &str| {
+        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let Err(err) = FeatureFile::open(&write("wide.npy", "(0, 10000000000000000000)")) else {
+        panic!("accepted")
+    };
+    assert!(err.to_string().contains("do not fit in 2^64 bytes"), "{err}");
+    assert!(err.to_string().contains("wide.npy"), "{err}");
+    let Err(err) = FeatureFile::open(&write("cols.npy", "(0, 70000)")) else {
+        panic!("accepted")
+    };
+    assert!(err.to_string().contains("70000 columns"), "{err}");
+    assert!(err.to_string().contains("65536"), "{err}");
+}

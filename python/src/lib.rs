@@ -178,8 +178,11 @@ impl PyStats {
     #[new]
     #[pyo3(signature = (dim, precision = "exact"))]
     fn new(dim: usize, precision: &str) -> PyResult<Self> {
-        if dim == 0 {
-            return Err(value_error("dim must be at least 1"));
+        if dim == 0 || dim > headstart::stats::MAX_DIM {
+            return Err(value_error(format!(
+                "dim must lie in 1..={}, got {dim}",
+                headstart::stats::MAX_DIM
+            )));
         }
         let precision: Precision = precision.parse().map_err(value_error)?;
         Ok(PyStats::wrap(CoreStats::with_precision(dim, precision)))

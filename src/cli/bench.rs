@@ -82,6 +82,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dim == 0 || args.batch == 0 || args.classes <= 0 || args.producers == 0 || args.reducers == 0 {
         bail!("--dim, --batch, --classes, --producers and --reducers must be at least 1");
     }
+    if args.dim > headstart::stats::MAX_DIM {
+        bail!(
+            "--dim {} exceeds the largest supported dimension, {}",
+            args.dim,
+            headstart::stats::MAX_DIM
+        );
+    }
     if args.reducers > args.producers {
         bail!(
             "--reducers ({}) must not exceed --producers ({}): each shard needs a producer",

@@ -67,6 +67,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         match args.dim {
             Some(0) => bail!("--dim must be at least 1"),
+            Some(d) if d > headstart::stats::MAX_DIM => {
+                bail!(
+                    "--dim {d} exceeds the largest supported dimension, {}",
+                    headstart::stats::MAX_DIM
+                )
+            }
             Some(d) => Stats::new(d),
             None => bail!(
                 "{} does not exist; pass --dim to start an empty state",

@@ -179,6 +179,12 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
     if config.classes_per_task == 0 || 10 % config.classes_per_task != 0 {
         return Err(DemoError::Config("classes_per_task must divide 10".into()));
     }
+    if config.dim > crate::stats::MAX_DIM {
+        return Err(DemoError::Config(format!(
+            "dim must be at most {}",
+            crate::stats::MAX_DIM
+        )));
+    }
     if config.dim == 0 || config.producers == 0 || config.batch == 0 {
         return Err(DemoError::Config(
             "dim, producers and batch must be positive".into(),

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::stats::{Feature, Features};
+use crate::stats::{Feature, Features, MAX_DIM};
 
 /// Largest header accepted (numpy writes a few hundred bytes).
 const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -400,7 +400,16 @@ impl Array {
             });
         }
         let rows = header.shape[0];
-        let row_bytes = header.shape[1..].iter().product::<u64>() * width;
+        // With zero rows the size check above passes for any row width: check it on its own.
+        let row_bytes = header.shape[1..]
+            .iter()
+            .try_fold(width, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "rows of shape {:?} do not fit in 2^64 bytes",
+                    &header.shape[1..]
+                ))
+            })?;
         Ok(Array {
             path: path.to_path_buf(),
             header,
@@ -464,6 +473,12 @@ impl FeatureFile {
         }
         if h.shape[1] == 0 {
             return Err(unsupported("features have 0 columns".into()));
+        }
+        if h.shape[1] > MAX_DIM as u64 {
+            return Err(unsupported(format!(
+                "features have {} columns; headstart keeps a d × d Gram matrix and supports at most {MAX_DIM}",
+                h.shape[1]
+            )));
         }
         Ok(FeatureFile {
             array,

@@ -24,6 +24,11 @@ use faer::Mat;
 
 use gram::Scratch;
 
+/// The largest feature dimension a state may have: its Gram matrix alone then takes 32 GiB.
+/// Inputs that declare more (a file's columns, a state file's header) are refused with an
+/// error rather than attempted.
+pub const MAX_DIM: usize = 1 << 16;
+
 /// Source of state versions, unique across all [`Stats`] values in the process.
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
@@ -331,7 +336,7 @@ impl Stats {
     /// The empty state (the identity of [`merge`](Stats::merge)) for `dim`-dimensional features.
     ///
     /// # Panics
-    /// If `dim` is zero.
+    /// If `dim` is zero or above [`MAX_DIM`].
     ///
     /// # Examples
     /// ```
@@ -345,7 +350,7 @@ impl Stats {
     /// The empty state whose updates compute each batch's product in `precision`.
     ///
     /// # Panics
-    /// If `dim` is zero.
+    /// If `dim` is zero or above [`MAX_DIM`].
     ///
     /// # Examples
     /// ```
@@ -361,6 +366,10 @@ impl Stats {
     /// ```
     pub fn with_precision(dim: usize, precision: Precision) -> Self {
         assert!(dim > 0, "feature dimension must be positive");
+        assert!(
+            dim <= MAX_DIM,
+            "feature dimension {dim} exceeds MAX_DIM = {MAX_DIM}"
+        );
         Stats {
             dim,
             before: Moments::new(dim),
