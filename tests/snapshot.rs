@@ -302,3 +302,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_large_declared_dimension_with_empty_vectors_allocates_nothing() {
+    // Found by the snapshot_reader fuzz target: 54 bytes with valid checksums declaring
+    // dimension 65,536 made the reader allocate two 32 GiB matrices before checking lengths.
+    let hex = "484453544154450a010000000000000000000100000000000e000000000000008d6bdc530c12eb28fc00000100000000000000000000";
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let err = decode(&bytes).unwrap_err();
+    assert!(
+        err.to_string().contains("Gram has 0 values, expected 2147516416"),
+        "{err}"
+    );
+    // And through the public parts API, a dimension above the limit is an error, not a panic.
+    let mut parts = Stats::new(2).to_parts();
+    parts.dim = 1 << 40;
+    assert!(Stats::from_parts(parts).unwrap_err().contains("outside"));
+}

@@ -673,16 +673,24 @@ impl Stats {
     pub fn from_parts(parts: StatsParts) -> Result<Stats, String> {
         let dim = usize::try_from(parts.dim)
             .ok()
-            .filter(|&d| d > 0)
-            .ok_or_else(|| format!("dimension {} is not usable", parts.dim))?;
+            .filter(|&d| d > 0 && d <= MAX_DIM)
+            .ok_or_else(|| format!("dimension {} outside 1..={MAX_DIM}", parts.dim))?;
         if parts.before.n.checked_add(parts.task.n).is_none() {
             return Err("the segments' sample counts overflow".into());
         }
-        let mut stats = Stats::new(dim);
-        stats.before = parts.before.restore(dim, "before-task")?;
-        stats.task = parts.task.restore(dim, "task")?;
-        stats.tasks_begun = parts.tasks_begun;
-        Ok(stats)
+        // Every segment is checked before its d × d matrix is allocated, so the memory used
+        // is proportional to the data given (a hostile dimension alone allocates nothing).
+        let before = parts.before.restore(dim, "before-task")?;
+        let task = parts.task.restore(dim, "task")?;
+        Ok(Stats {
+            dim,
+            before,
+            task,
+            tasks_begun: parts.tasks_begun,
+            version: next_version(),
+            precision: Precision::Exact,
+            scratch: Scratch::default(),
+        })
     }
 
     /// The segments making up a scope: `[before, task]` for all data, `[task]` for the task.
