@@ -464,7 +464,7 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..900)));
         serve.signal("-KILL");
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         for w in workers {
