@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::stats::{Batch, BatchError, RetractError, Stats};
+use crate::stats::{Batch, BatchError, Precision, Prepared, RetractError, Stats};
 
 /// Why a pipeline call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,7 +71,7 @@ pub enum ReducerError {
 }
 
 enum Message {
-    Update(Arc<Batch>),
+    Update(Box<Prepared>),
     Retract(Arc<Batch>),
     BeginTask,
     Snapshot(Sender<Stats>),
@@ -80,6 +80,7 @@ enum Message {
 
 struct Shared {
     dim: usize,
+    precision: Precision,
     failure: OnceLock<ReducerError>,
 }
 
@@ -101,6 +102,7 @@ pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
     let (tx, rx) = bounded(capacity.max(1));
     let shared = Arc::new(Shared {
         dim: initial.dim(),
+        precision: initial.precision(),
         failure: OnceLock::new(),
     });
     let reducer_shared = Arc::clone(&shared);
@@ -114,9 +116,9 @@ pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
 fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<Stats, ReducerError> {
     for message in rx.iter() {
         let outcome = match message {
-            Message::Update(batch) => {
-                // `send` validated it against this dimension on the producer's thread.
-                stats.update_batch_validated(&batch);
+            Message::Update(prepared) => {
+                // `send` validated and laid it out on the producer's thread.
+                stats.apply(&prepared);
                 Ok(())
             }
             Message::Retract(batch) => stats.retract_batch(&batch).map_err(ReducerError::from),
@@ -169,7 +171,10 @@ impl Producer {
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
         batch.validate(self.shared.dim)?;
-        self.put(Message::Update(batch))
+        // The O(B·d) work (class sums, transposition, conversion) happens here, on the
+        // producer's thread; the reducer is left with the O(B·d²) product.
+        let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision);
+        self.put(Message::Update(Box::new(prepared)))
     }
 
     /// Queues the retraction of a batch sent earlier in the current task.

@@ -6,7 +6,7 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, Mat, MatRef, Par};
 
-use super::Feature;
+use super::{ClassMoments, Feature, Moments};
 
 /// How each batch's product XᵀX is computed. The totals are f64 in both.
 ///
@@ -54,24 +54,189 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// Rows converted per product when the input's type differs from the product's: the
-/// converted chunk stays in cache, and a rank-512 update is still large enough to run at
-/// the kernel's full rate.
+/// Rows per product chunk: a converted chunk stays in cache, and a rank-512 update is still
+/// large enough to run at the kernel's full rate (measured: 512 beat 256, 1024 and 4096).
 const CHUNK_ROWS: usize = 512;
 
-/// Reusable buffers, so that a stream of batches allocates nothing per batch. Cloning gives
-/// empty buffers: they hold no state.
-pub(crate) struct Scratch {
+/// A validated batch laid out for the reduction: its rows in column-major chunks of the
+/// product's precision (faer's product runs about 1.5 times faster on column-major rows),
+/// and its per-class counts and sums and its sum, in f64.
+///
+/// Preparing is O(B·d) and needs no state, so the [`pipeline`](crate::pipeline) does it on
+/// the producer's thread; applying it is the O(B·d²) product, on the reducer's. A direct
+/// [`Stats::update`](super::Stats::update) prepares and applies on one thread, so both paths
+/// compute exactly the same state.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    dim: usize,
+    rows: usize,
+    /// Exact precision: the rows as f64, one column-major chunk after another.
     wide: Vec<f64>,
+    /// Fast precision: the rows minus `shift`, rounded to f32, laid out like `wide`.
     narrow: Vec<f32>,
-    product: Mat<f32>,
+    fast: bool,
+    shift: Vec<f64>,
+    sum: Vec<f64>,
+    class_ids: Vec<i64>,
+    class_counts: Vec<u64>,
+    /// Row-major: `class_ids.len()` rows of `dim` sums.
+    class_sums: Vec<f64>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Prepared({} rows × {}, {} classes)",
+            self.rows,
+            self.dim,
+            self.class_ids.len()
+        )
+    }
+}
+
+impl Prepared {
+    /// Rows in the batch.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Lays out a batch that [`validate_batch`](super::validate_batch) accepted for `dim`,
+    /// reusing this value's buffers.
+    pub(crate) fn fill<T: Feature>(
+        &mut self,
+        features: &[T],
+        labels: &[i64],
+        dim: usize,
+        precision: Precision,
+    ) {
+        let rows = labels.len();
+        self.dim = dim;
+        self.rows = rows;
+        // Per-class counts and sums, one row-wise pass.
+        self.class_ids.clear();
+        self.class_ids.extend_from_slice(labels);
+        self.class_ids.sort_unstable();
+        self.class_ids.dedup();
+        let k = self.class_ids.len();
+        self.class_counts.clear();
+        self.class_counts.resize(k, 0);
+        self.class_sums.clear();
+        self.class_sums.resize(k * dim, 0.0);
+        for (row, label) in features.chunks_exact(dim).zip(labels) {
+            let slot = self
+                .class_ids
+                .binary_search(label)
+                .expect("every label was collected");
+            self.class_counts[slot] += 1;
+            for (s, x) in self.class_sums[slot * dim..(slot + 1) * dim].iter_mut().zip(row) {
+                *s += x.to_f64();
+            }
+        }
+        self.sum.clear();
+        self.sum.resize(dim, 0.0);
+        for sums in self.class_sums.chunks_exact(dim) {
+            for (t, s) in self.sum.iter_mut().zip(sums) {
+                *t += s;
+            }
+        }
+        // The rows, transposed chunk by chunk.
+        self.fast = precision == Precision::Fast && rows > 0;
+        if self.fast {
+            // Shift by the batch mean, rounded to f32 (the shift is undone exactly in f64).
+            self.shift.clear();
+            self.shift
+                .extend(self.sum.iter().map(|s| f64::from((s / rows as f64) as f32)));
+            let shift = &self.shift;
+            let largest = transpose_chunks(&mut self.narrow, features, dim, |v, j| {
+                (v.to_f64() - shift[j]) as f32
+            });
+            // Every partial sum of the f32 product is at most rows · max|z|²: keep it well
+            // inside f32's range, or compute this batch exactly instead.
+            if f64::from(largest).powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
+                self.fast = false;
+            }
+        }
+        if !self.fast {
+            transpose_chunks(&mut self.wide, features, dim, |v, _| v.to_f64());
+        }
+    }
+
+    /// `m ± this batch`: the Gram product (in the prepared precision; `product` is the fast
+    /// path's f32 scratch), the count, the sums and the class sums and counts. For removal the
+    /// counts were checked.
+    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, product: &mut Mat<f32>) {
+        let dim = self.dim;
+        if self.rows == 0 {
+            return;
+        }
+        if self.fast {
+            if product.nrows() != dim {
+                *product = Mat::zeros(dim, dim);
+            }
+            let mut accum = Accum::Replace;
+            for chunk in self.narrow.chunks(CHUNK_ROWS * dim) {
+                syrk(product.as_mut(), chunk, dim, accum, 1.0);
+                accum = Accum::Add;
+            }
+            let b = self.rows as f64;
+            for j in 0..dim {
+                let src = &product.col_as_slice(j)[j..];
+                let dst = &mut m.gram.col_as_slice_mut(j)[j..];
+                let (mj, sj) = (self.shift[j], self.sum[j]);
+                for (k, (d, &z)) in dst.iter_mut().zip(src).enumerate() {
+                    let i = j + k;
+                    let (mi, si) = (self.shift[i], self.sum[i]);
+                    *d += sign * (f64::from(z) + mi * sj + si * mj - b * mi * mj);
+                }
+            }
+        } else {
+            for chunk in self.wide.chunks(CHUNK_ROWS * dim) {
+                syrk(m.gram.as_mut(), chunk, dim, Accum::Add, sign);
+            }
+        }
+        if sign > 0.0 {
+            m.n += self.rows as u64;
+        } else {
+            m.n -= self.rows as u64;
+        }
+        for (t, s) in m.sum.iter_mut().zip(&self.sum) {
+            *t += sign * s;
+        }
+        for ((&id, &count), sums) in self
+            .class_ids
+            .iter()
+            .zip(&self.class_counts)
+            .zip(self.class_sums.chunks_exact(dim))
+        {
+            let class = m.classes.entry(id).or_insert_with(|| ClassMoments {
+                count: 0,
+                sum: vec![0.0; dim],
+            });
+            if sign > 0.0 {
+                class.count += count;
+            } else {
+                class.count -= count;
+            }
+            for (t, s) in class.sum.iter_mut().zip(sums) {
+                *t += sign * s;
+            }
+        }
+    }
+}
+
+/// Reusable buffers of a [`Stats`](super::Stats): the prepared batch of a direct update and
+/// the fast path's f32 product, so that a stream of batches allocates nothing per batch.
+/// Cloning gives empty buffers: they hold no state.
+pub(crate) struct Scratch {
+    pub(crate) prepared: Prepared,
+    pub(crate) product: Mat<f32>,
 }
 
 impl Default for Scratch {
     fn default() -> Self {
         Scratch {
-            wide: Vec::new(),
-            narrow: Vec::new(),
+            prepared: Prepared::default(),
             product: Mat::new(),
         }
     }
@@ -89,100 +254,55 @@ impl std::fmt::Debug for Scratch {
     }
 }
 
-/// `gram += sign · XᵀX` (lower triangle) for the row-major `rows × dim` matrix `features`.
-pub(crate) fn add_product<T: Feature>(
-    gram: &mut Mat<f64>,
-    features: &[T],
-    dim: usize,
-    sign: f64,
-    precision: Precision,
-    scratch: &mut Scratch,
-) {
-    if precision == Precision::Fast && add_product_f32(gram, features, dim, sign, scratch) {
-        return;
-    }
-    for chunk in features.chunks(CHUNK_ROWS * dim) {
-        transpose_into(&mut scratch.wide, chunk, dim, |v, _| v.to_f64());
-        syrk(gram.as_mut(), &scratch.wide, dim, Accum::Add, sign);
-    }
-}
-
-/// Writes the row-major `rows × dim` chunk into `out` column-major (each feature's values
-/// contiguous), converting each value with `convert(value, column)`. faer's product runs
-/// about 1.5 times faster on column-major rows than on row-major ones, which pays for this
-/// copy many times over.
-fn transpose_into<T: Feature, U: Copy + Default>(
+/// Writes the row-major rows into `out` as column-major chunks of `CHUNK_ROWS` rows (the
+/// last one shorter), converting each value with `convert(value, column)`; returns the
+/// largest magnitude written.
+fn transpose_chunks<T: Feature, U: Copy + Default + Magnitude>(
     out: &mut Vec<U>,
-    chunk: &[T],
+    features: &[T],
     dim: usize,
     convert: impl Fn(T, usize) -> U,
-) {
-    let rows = chunk.len() / dim;
+) -> U {
     // Every slot is overwritten below; only a change of length needs a resize.
-    if out.len() != chunk.len() {
+    if out.len() != features.len() {
         out.clear();
-        out.resize(chunk.len(), U::default());
+        out.resize(features.len(), U::default());
     }
-    // Column by column: the chunk's rows (at most CHUNK_ROWS cache lines per column) stay
-    // in L1 across the next columns, so each input line is fetched once.
-    for (j, column) in out.chunks_exact_mut(rows).enumerate() {
-        for (slot, &v) in column.iter_mut().zip(chunk[j..].iter().step_by(dim)) {
-            *slot = convert(v, j);
+    let mut largest = U::default();
+    for (chunk, dst) in features
+        .chunks(CHUNK_ROWS * dim)
+        .zip(out.chunks_mut(CHUNK_ROWS * dim))
+    {
+        let rows = chunk.len() / dim;
+        // Column by column: the chunk's rows (at most CHUNK_ROWS cache lines per column) stay
+        // in cache across the next columns, so each input line is fetched once.
+        for (j, column) in dst.chunks_exact_mut(rows).enumerate() {
+            for (slot, &v) in column.iter_mut().zip(chunk[j..].iter().step_by(dim)) {
+                *slot = convert(v, j);
+                largest = largest.max_magnitude(*slot);
+            }
         }
+    }
+    largest
+}
+
+/// The running maximum of |x| (f32: for the overflow check; f64: not needed, kept cheap).
+trait Magnitude: Copy {
+    fn max_magnitude(self, other: Self) -> Self;
+}
+
+impl Magnitude for f32 {
+    #[inline]
+    fn max_magnitude(self, other: Self) -> Self {
+        self.max(other.abs())
     }
 }
 
-/// The fast path: the batch's product in f32, then added into `gram`. Returns `false`
-/// (having changed nothing) when the f32 product overflowed.
-///
-/// The rows are shifted by the batch mean m (rounded to f32) before the f32 product, and
-/// the shift is undone in f64: XᵀX = ZᵀZ + m sᵀ + s mᵀ − B m mᵀ, with Z = X − 1mᵀ and
-/// s = Σ x in f64. f32 rounding then scales with the spread of the rows, not with their
-/// magnitude: features with a large common offset (ReLU outputs) lose far less.
-fn add_product_f32<T: Feature>(
-    gram: &mut Mat<f64>,
-    features: &[T],
-    dim: usize,
-    sign: f64,
-    scratch: &mut Scratch,
-) -> bool {
-    let rows = features.len() / dim;
-    let mut sum = vec![0.0f64; dim];
-    for row in features.chunks_exact(dim) {
-        for (s, x) in sum.iter_mut().zip(row) {
-            *s += x.to_f64();
-        }
+impl Magnitude for f64 {
+    #[inline]
+    fn max_magnitude(self, _other: Self) -> Self {
+        self
     }
-    let shift: Vec<f64> = sum.iter().map(|s| f64::from((s / rows as f64) as f32)).collect();
-    if scratch.product.nrows() != dim {
-        scratch.product = Mat::zeros(dim, dim);
-    }
-    let mut accum = Accum::Replace;
-    for chunk in features.chunks(CHUNK_ROWS * dim) {
-        // Shifted in f64, then rounded once to f32.
-        transpose_into(&mut scratch.narrow, chunk, dim, |v, j| {
-            (v.to_f64() - shift[j]) as f32
-        });
-        syrk(scratch.product.as_mut(), &scratch.narrow, dim, accum, 1.0);
-        accum = Accum::Add;
-    }
-    let product = &scratch.product;
-    // |Gᵢⱼ| ≤ √(Gᵢᵢ Gⱼⱼ): a finite diagonal bounds every entry.
-    if !(0..dim).all(|i| product[(i, i)].is_finite()) {
-        return false;
-    }
-    let b = rows as f64;
-    for j in 0..dim {
-        let src = &product.col_as_slice(j)[j..];
-        let dst = &mut gram.col_as_slice_mut(j)[j..];
-        let (mj, sj) = (shift[j], sum[j]);
-        for (k, (d, &z)) in dst.iter_mut().zip(src).enumerate() {
-            let i = j + k;
-            let (mi, si) = (shift[i], sum[i]);
-            *d += sign * (f64::from(z) + mi * sj + si * mj - b * mi * mj);
-        }
-    }
-    true
 }
 
 /// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, X column-major `rows × dim`.

@@ -16,6 +16,7 @@ mod gram;
 
 pub use batch::{Batch, BatchError, Feature, Features, MAX_ABS_FEATURE, validate_batch};
 pub use gram::Precision;
+pub(crate) use gram::Prepared;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,41 +118,6 @@ impl Moments {
     fn clear(&mut self) {
         let dim = self.sum.len();
         *self = Moments::new(dim);
-    }
-
-    /// Adds (`sign` = 1) or removes (`sign` = −1) the statistics of a batch, counts
-    /// included; the batch is validated already, and for removal the counts were checked.
-    fn accumulate<T: Feature>(
-        &mut self,
-        features: &[T],
-        labels: &[i64],
-        sign: f64,
-        precision: Precision,
-        scratch: &mut Scratch,
-    ) {
-        let dim = self.sum.len();
-        gram::add_product(&mut self.gram, features, dim, sign, precision, scratch);
-        if sign > 0.0 {
-            self.n += labels.len() as u64;
-        } else {
-            self.n -= labels.len() as u64;
-        }
-        for (row, &label) in features.chunks_exact(dim).zip(labels) {
-            let class = self.classes.entry(label).or_insert_with(|| ClassMoments {
-                count: 0,
-                sum: vec![0.0; dim],
-            });
-            if sign > 0.0 {
-                class.count += 1;
-            } else {
-                class.count -= 1;
-            }
-            for ((s, g), &x) in class.sum.iter_mut().zip(self.sum.iter_mut()).zip(row) {
-                let v = sign * x.to_f64();
-                *s += v;
-                *g += v;
-            }
-        }
     }
 
     fn add(&mut self, other: &Moments) {
@@ -493,17 +459,30 @@ impl Stats {
         if labels.is_empty() {
             return;
         }
-        self.task
-            .accumulate(features, labels, 1.0, self.precision, &mut self.scratch);
-        self.version = next_version();
+        let mut prepared = std::mem::take(&mut self.scratch.prepared);
+        prepared.fill(features, labels, self.dim, self.precision);
+        self.apply(&prepared);
+        self.scratch.prepared = prepared;
     }
 
-    /// [`update_batch`](Stats::update_batch) of a batch already validated for this dimension.
-    pub(crate) fn update_batch_validated(&mut self, batch: &Batch) {
+    /// Lays out a validated batch for [`apply`](Stats::apply) in `precision`, on any thread
+    /// (the pipeline's producers do this).
+    pub(crate) fn prepare(batch: &Batch, dim: usize, precision: Precision) -> Prepared {
+        let mut prepared = Prepared::default();
         match &batch.features {
-            Features::F32(v) => self.update_validated(v, &batch.labels),
-            Features::F64(v) => self.update_validated(v, &batch.labels),
+            Features::F32(v) => prepared.fill(v, &batch.labels, dim, precision),
+            Features::F64(v) => prepared.fill(v, &batch.labels, dim, precision),
         }
+        prepared
+    }
+
+    /// Adds a prepared batch: exactly what [`update`](Stats::update) of it would add.
+    pub(crate) fn apply(&mut self, prepared: &Prepared) {
+        if prepared.rows() == 0 {
+            return;
+        }
+        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product);
+        self.version = next_version();
     }
 
     /// Adds an owned [`Batch`]; see [`update`](Stats::update).
@@ -556,8 +535,10 @@ impl Stats {
         if labels.is_empty() {
             return Ok(());
         }
-        self.task
-            .accumulate(features, labels, -1.0, self.precision, &mut self.scratch);
+        let mut prepared = std::mem::take(&mut self.scratch.prepared);
+        prepared.fill(features, labels, self.dim, self.precision);
+        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product);
+        self.scratch.prepared = prepared;
         self.task.classes.retain(|_, c| c.count > 0);
         if self.task.n == 0 {
             // Nothing left: drop the rounding residue too.
