@@ -7,8 +7,11 @@
 //! - Every message travels through one bounded FIFO channel, so a full channel blocks
 //!   [`Producer::send`] (backpressure); nothing is ever queued without bound.
 //! - [`Producer::send`] validates the batch on the calling thread (a bad batch is refused
-//!   there, naming its row and column, and never reaches the state) and returns once the
-//!   batch is queued.
+//!   there, naming its row and column, and never reaches the state), lays it out for the
+//!   product there too (class sums, column-major chunks: the O(B·d) work), and returns once
+//!   it is queued. The reducer is left with the O(B·d²) Gram product, so with one producer
+//!   per spare core it is the only bottleneck. The state is exactly what
+//!   [`Stats::update`] of the same batches gives.
 //! - [`Producer::snapshot`] returns a copy of the state that includes **every batch whose
 //!   `send` returned before `snapshot` was called**, on any producer: those batches are ahead
 //!   of the request in the FIFO queue, and the reducer applies messages in queue order.

@@ -200,7 +200,7 @@ fn stream_pipeline(
             let state = initial
                 .take()
                 .unwrap_or_else(|| Stats::with_precision(dim, precision));
-            pipeline::spawn(state, 2 * producers.div_ceil(reducers))
+            pipeline::spawn(state, producers.div_ceil(reducers))
         })
         .collect();
     let start = Instant::now();

@@ -6,6 +6,9 @@ use std::fmt;
 ///
 /// Both are widened to `f64` (exactly) before they touch the statistics.
 pub trait Feature: Copy + Send + Sync + 'static + fmt::Debug {
+    /// Whether every value converts to `f32` exactly (so a batch can wait in `f32`, half the
+    /// memory of `f64`, and still be widened exactly for the product).
+    const EXACT_IN_F32: bool = false;
     /// The value as `f64` (exact for both `f32` and `f64`).
     fn to_f64(self) -> f64;
     /// Whether the value is neither NaN nor infinite.
@@ -15,6 +18,7 @@ pub trait Feature: Copy + Send + Sync + 'static + fmt::Debug {
 }
 
 impl Feature for f32 {
+    const EXACT_IN_F32: bool = true;
     #[inline]
     fn to_f64(self) -> f64 {
         f64::from(self)

@@ -70,17 +70,31 @@ const CHUNK_ROWS: usize = 512;
 pub(crate) struct Prepared {
     dim: usize,
     rows: usize,
-    /// Exact precision: the rows as f64, one column-major chunk after another.
+    /// Exact precision, f64 input: the rows as f64, one column-major chunk after another.
     wide: Vec<f64>,
-    /// Fast precision: the rows minus `shift`, rounded to f32, laid out like `wide`.
+    /// Laid out like `wide`, in f32: the rows themselves (exact precision, f32 input: they
+    /// wait in half the memory and are widened chunk by chunk), or the rows minus `shift`
+    /// rounded to f32 (fast precision).
     narrow: Vec<f32>,
-    fast: bool,
+    layout: Layout,
     shift: Vec<f64>,
     sum: Vec<f64>,
     class_ids: Vec<i64>,
     class_counts: Vec<u64>,
     /// Row-major: `class_ids.len()` rows of `dim` sums.
     class_sums: Vec<f64>,
+}
+
+/// Which buffer of a [`Prepared`] holds the rows, and how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Layout {
+    /// `wide`, f64.
+    #[default]
+    Wide,
+    /// `narrow`, the f32 rows unchanged (exact precision).
+    Exact32,
+    /// `narrow`, shifted by `shift` (fast precision).
+    Shifted32,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -141,8 +155,14 @@ impl Prepared {
             }
         }
         // The rows, transposed chunk by chunk.
-        self.fast = precision == Precision::Fast && rows > 0;
-        if self.fast {
+        self.layout = if precision == Precision::Fast && rows > 0 {
+            Layout::Shifted32
+        } else if T::EXACT_IN_F32 {
+            Layout::Exact32
+        } else {
+            Layout::Wide
+        };
+        if self.layout == Layout::Shifted32 {
             // Shift by the batch mean, rounded to f32 (the shift is undone exactly in f64).
             self.shift.clear();
             self.shift
@@ -154,23 +174,34 @@ impl Prepared {
             // Every partial sum of the f32 product is at most rows · max|z|²: keep it well
             // inside f32's range, or compute this batch exactly instead.
             if f64::from(largest).powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
-                self.fast = false;
+                self.layout = if T::EXACT_IN_F32 {
+                    Layout::Exact32
+                } else {
+                    Layout::Wide
+                };
             }
         }
-        if !self.fast {
-            transpose_chunks(&mut self.wide, features, dim, |v, _| v.to_f64());
+        match self.layout {
+            Layout::Wide => {
+                transpose_chunks(&mut self.wide, features, dim, |v, _| v.to_f64());
+            }
+            Layout::Exact32 => {
+                transpose_chunks(&mut self.narrow, features, dim, |v, _| v.to_f32());
+            }
+            Layout::Shifted32 => {}
         }
     }
 
     /// `m ± this batch`: the Gram product (in the prepared precision; `product` is the fast
     /// path's f32 scratch), the count, the sums and the class sums and counts. For removal the
     /// counts were checked.
-    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, product: &mut Mat<f32>) {
+    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch) {
         let dim = self.dim;
         if self.rows == 0 {
             return;
         }
-        if self.fast {
+        let product = &mut scratch.product;
+        if self.layout == Layout::Shifted32 {
             if product.nrows() != dim {
                 *product = Mat::zeros(dim, dim);
             }
@@ -189,6 +220,13 @@ impl Prepared {
                     let (mi, si) = (self.shift[i], self.sum[i]);
                     *d += sign * (f64::from(z) + mi * sj + si * mj - b * mi * mj);
                 }
+            }
+        } else if self.layout == Layout::Exact32 {
+            for chunk in self.narrow.chunks(CHUNK_ROWS * dim) {
+                // A sequential, exact widening of a chunk that is in cache already.
+                scratch.wide.clear();
+                scratch.wide.extend(chunk.iter().map(|&v| f64::from(v)));
+                syrk(m.gram.as_mut(), &scratch.wide, dim, Accum::Add, sign);
             }
         } else {
             for chunk in self.wide.chunks(CHUNK_ROWS * dim) {
@@ -226,18 +264,27 @@ impl Prepared {
 }
 
 /// Reusable buffers of a [`Stats`](super::Stats): the prepared batch of a direct update and
-/// the fast path's f32 product, so that a stream of batches allocates nothing per batch.
+/// the reducer's product buffers, so that a stream of batches allocates nothing per batch.
 /// Cloning gives empty buffers: they hold no state.
 pub(crate) struct Scratch {
     pub(crate) prepared: Prepared,
-    pub(crate) product: Mat<f32>,
+    pub(crate) product: ProductScratch,
+}
+
+/// The reducer's buffers: the fast path's f32 product and a widened chunk.
+pub(crate) struct ProductScratch {
+    product: Mat<f32>,
+    wide: Vec<f64>,
 }
 
 impl Default for Scratch {
     fn default() -> Self {
         Scratch {
             prepared: Prepared::default(),
-            product: Mat::new(),
+            product: ProductScratch {
+                product: Mat::new(),
+                wide: Vec::new(),
+            },
         }
     }
 }
