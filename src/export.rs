@@ -1,7 +1,7 @@
 //! Heads as safetensors files that PyTorch loads.
 //!
-//! A head file holds `{prefix}weight` (F32 [C, d]), `{prefix}bias` (F32 [C]) and
-//! `{prefix}class_ids` (I64 [C]; row i is class `class_ids[i]`), and `__metadata__` with
+//! A head file holds `{prefix}weight` (F32 `[C, d]`), `{prefix}bias` (F32 `[C]`) and
+//! `{prefix}class_ids` (I64 `[C]`; row i is class `class_ids[i]`), and `__metadata__` with
 //! `format` = `pt`, `headstart_version`, `form`, `scope`, `lambda`, `bias`, `samples`, `dim`,
 //! `classes` and `class_counts` (JSON lists), plus any extra entries the caller adds.
 //! `docs/formats.md` specifies the file.

@@ -3,7 +3,7 @@
 //! The UCI digits (1,797 real 8 × 8 images, CC BY 4.0) pass through a fixed, seeded random
 //! ReLU projection (a RanPAC-style stand-in for a frozen backbone) and arrive as a sequence
 //! of tasks of two classes each, streamed by several producer threads through the
-//! [`pipeline`](crate::pipeline). After each task the demo reports:
+//! [`pipeline`]. After each task the demo reports:
 //!
 //! - the test accuracy of the LS head (`nc`, scope `all`) over every class seen so far;
 //! - for the new classes, the loss on their training data of the head as it stands at the
