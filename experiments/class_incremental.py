@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Class-incremental training of a classifier head on fixed features, with four ways to
-initialise the rows of each task's new classes:
+"""Class-incremental training of a classifier head on fixed features (a linear layer, or with
+--head mlp a hidden ReLU layer under it), with four ways to initialise the rows of each task's
+new classes:
 
   random  PyTorch's default initialisation of nn.Linear rows;
   means   class means of the task's training features, as the linear form of a
@@ -116,8 +117,17 @@ def run(method, seed, x, y, args):
     tasks = np.array_split(order, args.tasks)
     col = {}  # class id -> row of the head, in order of arrival
     d = x.shape[1]
-    fc = torch.nn.Linear(d, len(order))
-    stats = headstart.Stats(d)
+    if args.head == "mlp":
+        # A trainable hidden layer under the classifier: headstart sees its activations, taken
+        # at each switch (older statistics were taken under older weights, as they would be
+        # in any rehearsal-free learner).
+        body = torch.nn.Sequential(torch.nn.Linear(d, args.hidden), torch.nn.ReLU())
+        width = args.hidden
+    else:
+        body = torch.nn.Identity()
+        width = d
+    fc = torch.nn.Linear(width, len(order))
+    stats = headstart.Stats(width)
     seen: list = []
     replay_x, replay_y = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
     log = {"loss": [], "acc": [], "task_start": [], "switch_loss": [], "after10": [], "after100": []}
@@ -130,14 +140,16 @@ def run(method, seed, x, y, args):
         seen += new
         mask = np.isin(y[train_idx], new)
         x_task, y_task = x[train_idx][mask], y[train_idx][mask]
+        with torch.no_grad():
+            h_task = body(torch.from_numpy(x_task)).numpy()
         if method in ("ls-task", "ls-all"):
             started = time.perf_counter()
             if t > 0:
                 stats.begin_task()
-            stats.update(x_task, y_task)
+            stats.update(h_task, y_task)
             headstart_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        init_new_rows(method, fc, new, x_task, y_task, stats, args.lam, args.norm, col)
+        init_new_rows(method, fc, new, h_task, y_task, stats, args.lam, args.norm, col)
         if method in ("ls-task", "ls-all"):
             headstart_seconds += time.perf_counter() - started
         started = time.perf_counter()
@@ -145,7 +157,7 @@ def run(method, seed, x, y, args):
         ys_np = np.concatenate([y_task, replay_y])
         ys = torch.tensor([col[int(c)] for c in ys_np])
         live = torch.tensor([col[c] for c in seen])
-        params = [fc.weight, fc.bias]
+        params = [fc.weight, fc.bias, *body.parameters()]
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
         frozen = torch.tensor([col[c] for c in seen if c not in new])
         test_mask = np.isin(y[test_idx], seen)
@@ -156,13 +168,13 @@ def run(method, seed, x, y, args):
         for it in range(args.iters + 1):
             if it % args.eval_every == 0 or it == args.iters:
                 with torch.no_grad():
-                    logits = fc(xt)[:, live]
+                    logits = fc(body(xt))[:, live]
                     pred = live[logits.argmax(dim=1)]
                     log["acc"].append((len(log["loss"]), float((pred == yt).float().mean())))
             if it == args.iters:
                 break
             batch = torch.randint(0, len(ys), (min(args.batch, len(ys)),), generator=gen)
-            logits = fc(xs[batch])
+            logits = fc(body(xs[batch]))
             # Cross-entropy over the classes seen so far (unseen rows take no part).
             target = (ys[batch][:, None] == live[None, :]).float().argmax(dim=1)
             loss = torch.nn.functional.cross_entropy(logits[:, live], target)
@@ -326,6 +338,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--lam", type=float, default=1e-3, help="headstart's ridge lambda")
+    p.add_argument("--head", choices=("linear", "mlp"), default="linear", help="linear, or a hidden ReLU layer + linear")
+    p.add_argument("--hidden", type=int, default=256, help="--head mlp: hidden width")
     p.add_argument("--norm", choices=("none", "match"), default="none", help="scale LS rows to the old rows' median norm")
     p.add_argument("--replay", type=int, default=0, help="replay samples kept per old class (0: rehearsal-free)")
     p.add_argument("--freeze-old", action="store_true", help="train only the new rows")
