@@ -4,7 +4,7 @@ accumulated across the processes of a torch.distributed job.
     from headstart.torch import init_rows, grow, load_head, all_reduce
 
     fc = grow(model.fc, 20)                     # 10 old classes + 10 new rows
-    init_rows(fc, stats.solve(classes=range(10, 20)), norm="match")
+    init_rows(fc, stats.solve(classes=list(range(10, 20))))
     model.fc = fc
 
     merged = all_reduce(stats)                  # every rank: the statistics of all ranks
