@@ -173,6 +173,32 @@ impl PyStats {
     }
 }
 
+/// Borrowed feature rows of either float type.
+enum Rows<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl PyStats {
+    /// Checks and borrows a batch, then runs `op` on the state with the GIL released.
+    fn with_batch(
+        &mut self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        op: impl FnOnce(&mut CoreStats, Rows<'_>, &[i64]) -> PyResult<()> + Send,
+    ) -> PyResult<()> {
+        let (x, y) = self.checked(features, labels)?;
+        let y = y.as_slice().map_err(value_error)?;
+        let rows = match &x {
+            FeaturesArg::F32(a) => Rows::F32(a.as_slice().map_err(value_error)?),
+            FeaturesArg::F64(a) => Rows::F64(a.as_slice().map_err(value_error)?),
+        };
+        let inner = &mut self.inner;
+        py.detach(|| op(inner, rows, y))
+    }
+}
+
 #[pymethods]
 impl PyStats {
     #[new]
@@ -197,20 +223,10 @@ impl PyStats {
         features: &Bound<'_, PyAny>,
         labels: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let (x, y) = self.checked(features, labels)?;
-        let y = y.as_slice().map_err(value_error)?;
-        let inner = &mut self.inner;
-        let result = match &x {
-            FeaturesArg::F32(a) => {
-                let s = a.as_slice().map_err(value_error)?;
-                py.detach(|| inner.update(s, y))
-            }
-            FeaturesArg::F64(a) => {
-                let s = a.as_slice().map_err(value_error)?;
-                py.detach(|| inner.update(s, y))
-            }
-        };
-        result.map_err(value_error)
+        self.with_batch(py, features, labels, |stats, x, y| match x {
+            Rows::F32(x) => stats.update(x, y).map_err(value_error),
+            Rows::F64(x) => stats.update(x, y).map_err(value_error),
+        })
     }
 
     /// Removes a batch added since the last task boundary (unlearning); ValueError, with no
@@ -221,20 +237,10 @@ impl PyStats {
         features: &Bound<'_, PyAny>,
         labels: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let (x, y) = self.checked(features, labels)?;
-        let y = y.as_slice().map_err(value_error)?;
-        let inner = &mut self.inner;
-        let result = match &x {
-            FeaturesArg::F32(a) => {
-                let s = a.as_slice().map_err(value_error)?;
-                py.detach(|| inner.retract(s, y))
-            }
-            FeaturesArg::F64(a) => {
-                let s = a.as_slice().map_err(value_error)?;
-                py.detach(|| inner.retract(s, y))
-            }
-        };
-        result.map_err(value_error)
+        self.with_batch(py, features, labels, |stats, x, y| match x {
+            Rows::F32(x) => stats.retract(x, y).map_err(value_error),
+            Rows::F64(x) => stats.retract(x, y).map_err(value_error),
+        })
     }
 
     /// Adds another state's statistics (exact; the empty state is the identity).

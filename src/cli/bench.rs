@@ -12,7 +12,9 @@ use clap::{Args, ValueEnum};
 use headstart::pipeline;
 use headstart::solve::{SolveOptions, Solver};
 use headstart::stats::{Batch, Precision, Stats};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
+
+use super::stream::progress_bar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -136,7 +138,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let total_batches = args.samples.div_ceil(args.batch as u64);
-    let progress = progress_bar(total_batches * args.batch as u64);
+    let progress = progress_bar(total_batches * args.batch as u64, "samples");
     let stats = Stats::with_precision(args.dim, args.precision);
     let (elapsed, stats) = if args.direct {
         stream_direct(stats, &pool, total_batches, &progress)?
@@ -335,15 +337,6 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
         1e3 * times[times.len() - 1]
     );
     Ok(())
-}
-
-fn progress_bar(samples: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(samples), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} samples, {per_sec}, eta {eta}")
-            .expect("a valid template"),
-    );
-    bar
 }
 
 /// The largest CPU cache the kernel reports (L3 on most x86 machines).

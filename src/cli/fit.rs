@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use headstart::stats::Precision;
 
 use super::head::{HeadArgs, Lambda, print_choice, solve_and_write};
-use super::stream::{Split, StreamConfig, stream_files};
+use super::stream::{Split, StreamArgs, StreamConfig, stream_files};
 
 #[derive(Args)]
 pub struct FitArgs {
@@ -24,15 +23,8 @@ pub struct FitArgs {
     out: PathBuf,
     #[command(flatten)]
     head: HeadArgs,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 4096)]
-    batch: usize,
-    /// Producer threads reading the input.
-    #[arg(long, default_value_t = 2)]
-    producers: usize,
-    /// exact (each batch's product in f64) or fast (in f32, totals in f64; see docs/math.md).
-    #[arg(long, default_value = "exact")]
-    precision: Precision,
+    #[command(flatten)]
+    stream: StreamArgs,
     /// With --lambda auto: held-out features.
     #[arg(long, requires = "val_labels")]
     val_features: Option<PathBuf>,
@@ -70,12 +62,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let config = StreamConfig {
-        batch: args.batch,
-        producers: args.producers,
-        split,
-        precision: args.precision,
-    };
+    let config = args.stream.config(split);
     let streamed = stream_files(&args.features, &args.labels, &config)?;
     let mut validation = streamed.validation;
     if let (Some(vf), Some(vl)) = (&args.val_features, &args.val_labels) {
@@ -103,7 +90,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let mut extra = BTreeMap::new();
     extra.insert("features".to_string(), args.features.display().to_string());
     extra.insert("labels".to_string(), args.labels.display().to_string());
-    extra.insert("precision".to_string(), args.precision.to_string());
+    extra.insert("precision".to_string(), args.stream.precision.to_string());
     if let (Lambda::Auto, Some(s)) = (&prepared.lambda, split) {
         extra.insert("val_fraction".into(), s.fraction.to_string());
         extra.insert("val_seed".into(), s.seed.to_string());

@@ -11,9 +11,8 @@ use headstart::net::protocol::{Dtype, Limits};
 use headstart::net::{Address, Client, Server, ServerConfig};
 use headstart::snapshot;
 use headstart::stats::{Batch, Stats};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::stream::open_pair;
+use super::stream::{open_pair, progress_bar};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -153,11 +152,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         client.begin_task()?;
     }
     let rows = x.rows();
-    let bar = ProgressBar::with_draw_target(Some(rows), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows acknowledged, eta {eta}")
-            .expect("a valid template"),
-    );
+    let bar = progress_bar(rows, "rows acknowledged");
     let (mut row, mut batches) = (0u64, 0u64);
     while row < rows {
         let count = (args.batch as u64).min(rows - row);

@@ -6,9 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Args;
 use headstart::snapshot;
-use headstart::stats::{Precision, Stats};
+use headstart::stats::Stats;
 
-use super::stream::{StreamConfig, stream_files};
+use super::stream::{StreamArgs, stream_files};
 
 #[derive(Args)]
 pub struct IngestArgs {
@@ -24,15 +24,8 @@ pub struct IngestArgs {
     /// Mark a task boundary before these samples (a solve with --scope task then sees only them).
     #[arg(long)]
     begin_task: bool,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 4096)]
-    batch: usize,
-    /// Producer threads reading the input.
-    #[arg(long, default_value_t = 2)]
-    producers: usize,
-    /// exact or fast (see docs/math.md).
-    #[arg(long, default_value = "exact")]
-    precision: Precision,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
@@ -43,12 +36,7 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let config = StreamConfig {
-        batch: args.batch,
-        producers: args.producers,
-        split: None,
-        precision: args.precision,
-    };
+    let config = args.stream.config(None);
     let streamed = stream_files(&args.features, &args.labels, &config)?;
     let mut state = match existing {
         Some(s) if s.dim() != streamed.dim => bail!(

@@ -28,6 +28,32 @@ impl Split {
     }
 }
 
+/// How `fit` and `ingest` read their input.
+#[derive(clap::Args, Clone, Copy)]
+pub struct StreamArgs {
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch: usize,
+    /// Producer threads reading the input.
+    #[arg(long, default_value_t = 2)]
+    pub producers: usize,
+    /// exact (each batch's product in f64) or fast (in f32, totals in f64; see docs/math.md).
+    #[arg(long, default_value = "exact")]
+    pub precision: Precision,
+}
+
+impl StreamArgs {
+    /// The streaming configuration, with an optional validation split.
+    pub fn config(&self, split: Option<Split>) -> StreamConfig {
+        StreamConfig {
+            batch: self.batch,
+            producers: self.producers,
+            split,
+            precision: self.precision,
+        }
+    }
+}
+
 pub struct StreamConfig {
     pub batch: usize,
     pub producers: usize,
@@ -76,7 +102,7 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
         Some((tx, rx)) => (Some(tx), Some(rx)),
         None => (None, None),
     };
-    let progress = progress_bar(rows);
+    let progress = progress_bar(rows, "rows");
     let stop = AtomicBool::new(false);
     let per_producer = rows.div_ceil(config.producers as u64).max(1);
     let outcome: anyhow::Result<()> = std::thread::scope(|scope| {
@@ -188,12 +214,15 @@ fn split_batch(xs: Features, ys: Vec<i64>, first_row: u64, dim: usize, split: &S
     (Batch::new(tx, labels(false)), Batch::new(vx, labels(true)))
 }
 
-fn progress_bar(rows: u64) -> ProgressBar {
-    // indicatif draws nothing when stderr is not a terminal.
-    let bar = ProgressBar::with_draw_target(Some(rows), ProgressDrawTarget::stderr());
+/// A progress bar on stderr counting `len` items described by `what` (e.g. "rows");
+/// indicatif draws nothing when stderr is not a terminal.
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows, eta {eta}")
-            .expect("a valid template"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{human_pos}}/{{human_len}} {what}, {{per_sec}}, eta {{eta}}"
+        ))
+        .expect("a valid template"),
     );
     bar
 }
