@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """Class-incremental training of a classifier head on fixed features (a linear layer, or with
---head mlp a hidden ReLU layer under it), with four ways to initialise the rows of each task's
+--head mlp a hidden ReLU layer under it), with six ways to initialise the rows of each task's
 new classes:
 
-  random  PyTorch's default initialisation of nn.Linear rows;
-  means   class means of the task's training features, as the linear form of a
-          nearest-class-mean classifier (w = mu, b = -|mu|^2 / 2), the SGM-style baseline;
-  ls-task headstart's nc head solved from the current task's statistics (scope "task");
-  ls-all  headstart's nc head solved from every statistic seen so far (scope "all").
+  random    PyTorch's default initialisation of nn.Linear rows;
+  means     class means of the task's training features, as the linear form of a
+            nearest-class-mean classifier (w = mu, b = -|mu|^2 / 2), the SGM-style baseline;
+  ls-task   headstart's nc head solved from the current task's statistics (scope "task");
+  ls-all    headstart's nc head solved from every statistic seen so far (scope "all"),
+            uncalibrated (logits of order 1/C);
+  ls-cal    ls-all, calibrated: init_rows(..., calibrate=(x, y)) fits one scale for the new
+            rows on a sample of --calib rows of the task's training data (a batch drawn apart
+            from the first training batch, whose loss is the one reported at the switch);
+  ls-stats  ls-all, calibrated from the statistics alone: init_rows(..., calibrate=stats)
+            fits the scale on draws from the class-conditional Gaussian of every seen class.
+
+λ is headstart's default (relative, scale-free) unless --lam gives another. --scale s multiplies
+every feature by s (the heads must not change: see docs/results.md).
 
 Old rows are kept (trainable unless --freeze-old). Each task trains for --iters iterations of
 cross-entropy with AdamW over the classes seen so far, on the current task's data plus an
@@ -35,8 +44,10 @@ import numpy as np
 import torch
 
 import headstart
+from headstart.torch import init_rows
 
-METHODS = ("random", "means", "ls-task", "ls-all")
+METHODS = ("random", "means", "ls-task", "ls-all", "ls-cal", "ls-stats")
+LS_METHODS = ("ls-task", "ls-all", "ls-cal", "ls-stats")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -65,7 +76,10 @@ def load_data(args):
     else:
         x, y = bundled_digits(args.dim)
         name = args.name or "digits"
-    return name, x, y
+    if args.l2:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        name = args.name or name + "-l2"
+    return name, x * np.float32(args.scale), y
 
 
 def split(y, test_fraction, rng):
@@ -81,32 +95,27 @@ def split(y, test_fraction, rng):
 # ------------------------------------------------------------------------------ one run
 
 
-def init_new_rows(method, fc, new, x_task, y_task, stats, lam, norm, col):
-    """Writes the rows of the classes `new` (their positions in `fc` are `col[c]`)."""
-    rows = torch.tensor([col[c] for c in new])
+def init_new_rows(method, fc, new, x_task, y_task, stats, args, live, calib):
+    """Writes the rows of the classes `new` (labels are already layer rows). Returns the fitted
+    calibration scale (None where nothing was fitted)."""
+    rows = torch.tensor(new)
     if method == "random":
         fresh = torch.nn.Linear(fc.in_features, len(new))  # PyTorch's default init
         with torch.no_grad():
             fc.weight[rows] = fresh.weight
             fc.bias[rows] = fresh.bias
-        return
+        return None
     if method == "means":
         means = np.stack([x_task[y_task == c].mean(axis=0) for c in new])
         with torch.no_grad():
             fc.weight[rows] = torch.from_numpy(means).float()
             fc.bias[rows] = torch.from_numpy(-0.5 * (means**2).sum(axis=1)).float()
-        return
+        return None
     scope = "task" if method == "ls-task" else "all"
-    head = stats.solve(lam=lam, classes=list(new), scope=scope)
-    weight, bias = torch.from_numpy(head.weight).float(), torch.from_numpy(head.bias).float()
-    if norm == "match" and len(col) > len(new):
-        old = torch.tensor([col[c] for c in col if c not in set(new)])
-        target = fc.weight.detach()[old].norm(dim=1).median()
-        scale = target / weight.norm(dim=1).clamp_min(1e-12)
-        weight, bias = weight * scale[:, None], bias * scale
-    with torch.no_grad():
-        fc.weight[rows] = weight
-        fc.bias[rows] = bias
+    head = stats.solve(lam=args.lam, classes=list(new), scope=scope)
+    calibrate = {"ls-cal": calib, "ls-stats": stats}.get(method)
+    result = init_rows(fc, head, norm=args.norm, calibrate=calibrate, active=live)
+    return result.scale if calibrate is not None else None
 
 
 def run(method, seed, x, y, args):
@@ -133,30 +142,40 @@ def run(method, seed, x, y, args):
     log = {"loss": [], "acc": [], "task_start": [], "switch_loss": [], "after10": [], "after100": []}
     headstart_seconds = 0.0
     train_seconds = 0.0
+    log["scales"] = []
     for t, new in enumerate(tasks):
         new = [int(c) for c in new]
         for c in new:
             col[c] = len(col)
         seen += new
         mask = np.isin(y[train_idx], new)
-        x_task, y_task = x[train_idx][mask], y[train_idx][mask]
+        x_task = x[train_idx][mask]
+        y_task = np.array([col[int(c)] for c in y[train_idx][mask]], dtype=np.int64)  # layer rows
+        new_rows = [col[c] for c in new]
+        xs = torch.from_numpy(np.concatenate([x_task, replay_x]))
+        ys_np = np.concatenate([y_task, replay_y])
+        ys = torch.from_numpy(ys_np)
+        live = torch.tensor([col[c] for c in seen])
         with torch.no_grad():
             h_task = body(torch.from_numpy(x_task)).numpy()
-        if method in ("ls-task", "ls-all"):
+        # The calibration sample: a batch of the task's training data (replay included), drawn
+        # apart from the training batches.
+        pick = torch.randint(0, len(ys), (min(args.calib, len(ys)),), generator=torch.Generator().manual_seed(seed * 7919 + t))
+        with torch.no_grad():
+            calib = (body(xs[pick]), ys[pick])
+        if method in LS_METHODS:
             started = time.perf_counter()
             if t > 0:
                 stats.begin_task()
             stats.update(h_task, y_task)
             headstart_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        init_new_rows(method, fc, new, h_task, y_task, stats, args.lam, args.norm, col)
-        if method in ("ls-task", "ls-all"):
+        scale = init_new_rows(method, fc, new_rows, h_task, y_task, stats, args, live, calib)
+        if scale is not None:
+            log["scales"].append(scale)
+        if method in LS_METHODS:
             headstart_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        xs = torch.from_numpy(np.concatenate([x_task, replay_x]))
-        ys_np = np.concatenate([y_task, replay_y])
-        ys = torch.tensor([col[int(c)] for c in ys_np])
-        live = torch.tensor([col[c] for c in seen])
         params = [fc.weight, fc.bias, *body.parameters()]
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
         frozen = torch.tensor([col[c] for c in seen if c not in new])
@@ -176,7 +195,7 @@ def run(method, seed, x, y, args):
             batch = torch.randint(0, len(ys), (min(args.batch, len(ys)),), generator=gen)
             logits = fc(body(xs[batch]))
             # Cross-entropy over the classes seen so far (unseen rows take no part).
-            target = (ys[batch][:, None] == live[None, :]).float().argmax(dim=1)
+            target = ys[batch]  # rows are assigned in order of arrival, so live == arange
             loss = torch.nn.functional.cross_entropy(logits[:, live], target)
             value = loss.item()
             log["loss"].append(value)
@@ -195,7 +214,7 @@ def run(method, seed, x, y, args):
             opt.step()
         train_seconds += time.perf_counter() - started
         if args.replay:
-            for c in new:
+            for c in new_rows:
                 members = np.flatnonzero(y_task == c)[: args.replay]
                 replay_x = np.concatenate([replay_x, x_task[members]])
                 replay_y = np.concatenate([replay_y, y_task[members]])
@@ -239,11 +258,11 @@ def report(name, results, args, out_dir, wall):
         "",
         f"Command: `python experiments/class_incremental.py {' '.join(args.argv)}`",
         "",
-        "| init | loss at switch | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | train s | headstart s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| init | loss at switch | ÷ random's | switches above random's | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | scale | headstart share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = {}
-    for m in METHODS:
+    for m in args.method_list:
         runs = [results[m][s] for s in seeds]
         per_seed = lambda key: [np.mean(r[key]) if r[key] else None for r in runs]  # noqa: E731
         reach = []
@@ -259,12 +278,23 @@ def report(name, results, args, out_dir, wall):
             "final_acc": [r["final_acc"] for r in runs],
             "train_seconds": [r["train_seconds"] for r in runs],
             "headstart_seconds": [r["headstart_seconds"] for r in runs],
+            "headstart_share": [r["headstart_seconds"] / (r["headstart_seconds"] + r["train_seconds"]) for r in runs],
+            "scales": [float(np.mean(r["scales"])) if r["scales"] else None for r in runs],
         }
+        random_switch = np.mean([np.mean(results["random"][s_]["switch_loss"]) for s_ in seeds])
+        ratio = np.mean([np.mean(r["switch_loss"]) for r in runs]) / random_switch if random_switch else float("nan")
+        above = sum(
+            a > b for s_ in seeds for a, b in zip(results[m][s_]["switch_loss"], results["random"][s_]["switch_loss"])
+        )
+        switches = sum(len(results[m][s_]["switch_loss"]) for s_ in seeds)
+        row["switch_ratio"], row["switches_above_random"] = float(ratio), int(above)
         summary[m] = row
+        share = np.mean(row["headstart_share"])
+        scale = mean_std(row["scales"]) if any(v is not None for v in row["scales"]) else "–"
         lines.append(
-            f"| {m} | {mean_std(row['switch_loss'])} | {mean_std(row['after10'])} | {mean_std(row['after100'])} | "
-            f"{mean_std(row['iters_to_95'])} | {mean_std(row['final_acc'])} | {mean_std(row['train_seconds'])} | "
-            f"{mean_std(row['headstart_seconds'])} |"
+            f"| {m} | {mean_std(row['switch_loss'])} | {ratio:.2f} | {above}/{switches} | {mean_std(row['after10'])} | "
+            f"{mean_std(row['after100'])} | {mean_std(row['iters_to_95'])} | {mean_std(row['final_acc'])} | {scale} | "
+            f"{100 * share:.1f}% |"
         )
     lines += [
         "",
@@ -274,6 +304,10 @@ def report(name, results, args, out_dir, wall):
         "each task's start, per task (all tasks), "
         f"evaluated every {args.eval_every} iterations ({args.iters} if never reached). Final accuracy: held-out data of all classes "
         "after the last task.",
+        "'÷ random's' is the mean switch loss over the random rows' mean; 'switches above random's' counts the "
+        "(seed, switch) pairs whose loss exceeds the random rows' loss at the same switch. 'scale' is the mean "
+        "calibration factor fitted. 'headstart share' is headstart's time (statistics, solve, calibration) over "
+        "headstart's plus the training loop's.",
         f"Wall time of the whole run: {wall:.1f} s.",
     ]
     text = "\n".join(lines) + "\n"
@@ -291,10 +325,17 @@ def plot(name, results, args, out_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"random": "tab:gray", "means": "tab:orange", "ls-task": "tab:blue", "ls-all": "tab:green"}
+    colours = {
+        "random": "tab:gray",
+        "means": "tab:orange",
+        "ls-task": "tab:blue",
+        "ls-all": "tab:green",
+        "ls-cal": "tab:red",
+        "ls-stats": "tab:purple",
+    }
     seeds = sorted(results["random"])
     fig, ax = plt.subplots(figsize=(10, 4))
-    for m in METHODS:
+    for m in args.method_list:
         curves = np.array([results[m][s]["loss"] for s in seeds])
         mean = curves.mean(axis=0)
         k = max(1, args.smooth)
@@ -312,7 +353,7 @@ def plot(name, results, args, out_dir):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    for m in METHODS:
+    for m in args.method_list:
         its = [i for i, _ in results[m][seeds[0]]["acc"]]
         accs = np.array([[a for _, a in results[m][s]["acc"]] for s in seeds]).mean(axis=0)
         ax.plot(its, accs, label=m, color=colours[m], lw=1.2)
@@ -337,7 +378,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--lam", type=float, default=1e-3, help="headstart's ridge lambda")
+    p.add_argument("--lam", default=None, help="headstart's lambda: rel (default), rel:R or an absolute number")
+    p.add_argument("--calib", type=int, default=64, help="ls-cal: rows in the calibration sample")
+    p.add_argument("--l2", action="store_true", help="L2-normalise every feature vector")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every feature by this factor")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--head", choices=("linear", "mlp"), default="linear", help="linear, or a hidden ReLU layer + linear")
     p.add_argument("--hidden", type=int, default=256, help="--head mlp: hidden width")
     p.add_argument("--norm", choices=("none", "match"), default="none", help="scale LS rows to the old rows' median norm")
@@ -353,19 +398,25 @@ def main(argv=None):
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     if bool(args.features) != bool(args.labels):
         p.error("--features and --labels go together")
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.method_list) - set(METHODS))
+    if unknown or "random" not in args.method_list:
+        p.error(f"--methods: unknown {unknown} (choose from {', '.join(METHODS)}; random is the reference)")
+    if args.lam is not None and args.lam not in ("rel", "auto") and not args.lam.startswith("rel:"):
+        args.lam = float(args.lam)
     torch.set_num_threads(1)
     started = time.perf_counter()
     name, x, y = load_data(args)
     out_dir = args.out or os.path.join(HERE, "out", name)
     os.makedirs(out_dir, exist_ok=True)
     print(f"{name}: {x.shape[0]} samples, {x.shape[1]} features, {len(np.unique(y))} classes; {args.tasks} tasks")
-    results = {m: {} for m in METHODS}
+    results = {m: {} for m in args.method_list}
     for seed in range(args.seeds):
-        for m in METHODS:
+        for m in args.method_list:
             results[m][seed] = run(m, seed, x, y, args)
         print(
             f"seed {seed}: final accuracy "
-            + ", ".join(f"{m} {results[m][seed]['final_acc']:.3f}" for m in METHODS)
+            + ", ".join(f"{m} {results[m][seed]['final_acc']:.3f}" for m in args.method_list)
             + f" ({time.perf_counter() - started:.1f} s)",
             flush=True,
         )

@@ -171,9 +171,15 @@ class Client:
         number of samples the state file holds."""
         return struct.unpack("<Q", self._call(SYNC, b"", SYNCED, "SYNC"))[0]
 
-    def solve(self, form="nc", bias=True, lambda_=0.05, scope="all", classes=None, prefix=""):
-        """Solves a head; returns the safetensors file's bytes (see `read_safetensors`)."""
-        options = {"form": form, "bias": bool(bias), "lambda": float(lambda_), "scope": scope, "prefix": prefix}
+    def solve(self, form="nc", bias=True, lambda_=None, scope="all", classes=None, prefix="", lambda_rel=None):
+        """Solves a head; returns the safetensors file's bytes (see `read_safetensors`).
+        `lambda_` is an absolute lambda, `lambda_rel` a factor of the features' mean eigenvalue;
+        with neither, the server's scale-free default (rel:0.01)."""
+        options = {"form": form, "bias": bool(bias), "scope": scope, "prefix": prefix}
+        if lambda_ is not None:
+            options["lambda"] = float(lambda_)
+        if lambda_rel is not None:
+            options["lambda_rel"] = float(lambda_rel)
         if classes is not None:
             options["classes"] = [int(c) for c in classes]
         return self._call(SOLVE, json.dumps(options).encode(), HEAD, "SOLVE")

@@ -2,7 +2,7 @@
 //!
 //! A head file holds `{prefix}weight` (F32 `[C, d]`), `{prefix}bias` (F32 `[C]`) and
 //! `{prefix}class_ids` (I64 `[C]`; row i is class `class_ids[i]`), and `__metadata__` with
-//! `format` = `pt`, `headstart_version`, `form`, `scope`, `lambda`, `bias`, `samples`, `dim`,
+//! `format` = `pt`, `headstart_version`, `form`, `scope`, `lambda`, `lambda_rule`, `bias`, `samples`, `dim`,
 //! `classes` and `class_counts` (JSON lists), plus any extra entries the caller adds.
 //! `docs/formats.md` specifies the file.
 
@@ -93,6 +93,7 @@ pub fn to_safetensors(head: &Head, prefix: &str, extra: &BTreeMap<String, String
         ("form", info.form.to_string()),
         ("scope", info.scope.to_string()),
         ("lambda", format!("{:?}", info.lambda)),
+        ("lambda_rule", info.lambda_rule.to_string()),
         ("bias", info.bias.to_string()),
         ("samples", info.samples.to_string()),
         ("dim", head.dim.to_string()),

@@ -104,7 +104,7 @@ fn solve_errors_name_the_problem_and_never_return_nan() {
     for lambda in [-1.0, f64::NAN, f64::INFINITY] {
         assert!(matches!(
             solve(SolveOptions {
-                lambda,
+                lambda: lambda.into(),
                 ..Default::default()
             }),
             SolveError::InvalidLambda { .. }
@@ -159,7 +159,7 @@ fn rank_deficient_second_moment_at_lambda_zero_is_an_error_suggesting_lambda() {
                     &SolveOptions {
                         form,
                         bias,
-                        lambda: 0.0,
+                        lambda: 0.0.into(),
                         ..Default::default()
                     },
                 )
@@ -176,7 +176,7 @@ fn rank_deficient_second_moment_at_lambda_zero_is_an_error_suggesting_lambda() {
                     &SolveOptions {
                         form,
                         bias,
-                        lambda: 1e-3,
+                        lambda: 1e-3.into(),
                         ..Default::default()
                     },
                 )
@@ -194,7 +194,7 @@ fn rank_deficient_second_moment_at_lambda_zero_is_an_error_suggesting_lambda() {
         .solve(
             &s,
             &SolveOptions {
-                lambda: 0.0,
+                lambda: 0.0.into(),
                 ..Default::default()
             },
         )

@@ -88,7 +88,7 @@ fn fit_writes_the_head_the_library_solves() {
     let mut stats = Stats::new(D);
     stats.update(&f.x, &f.y).unwrap();
     let opts = SolveOptions {
-        lambda: 0.01,
+        lambda: 0.01.into(),
         classes: Some(vec![12, 4]),
         ..Default::default()
     };

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{labelled_data, rel_err};
-use headstart::solve::{Form, SolveOptions, Solver, heldout_mse, select_lambda};
+use headstart::solve::{Form, Lambda, SolveOptions, Solver, heldout_mse, select_lambda};
 use headstart::stats::Stats;
 
 const D: usize = 9;
@@ -62,7 +62,7 @@ fn selection_picks_the_grid_minimum_and_flags_the_edge() {
     val.update(&vx[300 * D..], &vy[300..]).unwrap();
     let solver = Solver::new();
     let opts = SolveOptions::default();
-    let grid = [1e-4, 1e-2, 1.0, 1e2];
+    let grid = [1e-4, 1e-2, 1.0, 1e2].map(Lambda::Absolute);
     let choice = select_lambda(&solver, &train, &val, &opts, &grid).unwrap();
     let scores: Vec<f64> = choice.scores.iter().map(|s| s.mse.clone().unwrap()).collect();
     let min = scores.iter().cloned().fold(f64::MAX, f64::min);
@@ -70,8 +70,12 @@ fn selection_picks_the_grid_minimum_and_flags_the_edge() {
     assert_eq!(choice.best, grid[scores.iter().position(|&s| s == min).unwrap()]);
     assert_eq!(choice.on_edge, choice.best == grid[0] || choice.best == grid[3]);
     // A one-point grid is always on its edge; a grid of huge λ prefers the smallest.
-    let choice = select_lambda(&solver, &train, &val, &opts, &[1e3, 1e4, 1e5]).unwrap();
-    assert_eq!((choice.best, choice.on_edge), (1e3, true));
+    let huge = [1e3, 1e4, 1e5].map(Lambda::Absolute);
+    let choice = select_lambda(&solver, &train, &val, &opts, &huge).unwrap();
+    assert_eq!(
+        (choice.best, choice.best_absolute, choice.on_edge),
+        (huge[0], 1e3, true)
+    );
     assert!(select_lambda(&solver, &train, &Stats::new(D + 1), &opts, &grid).is_err());
-    assert!(select_lambda(&solver, &train, &val, &opts, &[0.1, -1.0]).is_err());
+    assert!(select_lambda(&solver, &train, &val, &opts, &[0.1, -1.0].map(Lambda::Absolute)).is_err());
 }

@@ -54,7 +54,7 @@ fn fast_heads_match_exact_heads_on_the_demo_digits() {
     // The demo's data and λ; batches of 32 as the demo streams them, and of 4096.
     let (x, y) = headstart::demo::features(512, 7);
     let opts = SolveOptions {
-        lambda: 1e-3,
+        lambda: 1e-3.into(),
         ..Default::default()
     };
     // f32 rounding accumulates along each batch, so the error grows with B: the demo's

@@ -11,7 +11,7 @@
 mod common;
 
 use common::{SOLVE_REL_TOL, gauss_solve, labelled_data, rel_err, rows};
-use headstart::solve::{Form, Head, Scope, SolveOptions, Solver};
+use headstart::solve::{Form, Head, Lambda, Scope, SolveOptions, Solver};
 use headstart::stats::Stats;
 
 const D: usize = 11;
@@ -182,7 +182,7 @@ fn every_form_scope_bias_and_subset_matches_the_design_matrix_solve() {
                         let opts = SolveOptions {
                             form,
                             scope,
-                            lambda,
+                            lambda: lambda.into(),
                             bias,
                             classes: subset.clone(),
                         };
@@ -217,4 +217,99 @@ fn solving_a_changed_state_refactors() {
     let after = solver.solve(&stats, &SolveOptions::default()).unwrap();
     assert_eq!(solver.factorisations(), 2);
     assert_ne!(before.weight, after.weight);
+}
+
+/// The mean eigenvalue tr(A₀)/d of the regularised matrix, from the explicit rows: A₀ = G/N,
+/// or the covariance Σ for ridge with a bias.
+fn mean_eigenvalue(x: &[f64], centred: bool) -> f64 {
+    let xs = rows(x, D);
+    let n = xs.len() as f64;
+    (0..D)
+        .map(|i| {
+            let second = xs.iter().map(|r| r[i] * r[i]).sum::<f64>() / n;
+            let mean = xs.iter().map(|r| r[i]).sum::<f64>() / n;
+            if centred { second - mean * mean } else { second }
+        })
+        .sum::<f64>()
+        / D as f64
+}
+
+#[test]
+fn a_relative_lambda_is_its_factor_times_the_mean_eigenvalue() {
+    let (x, y) = labelled_data(5, 400, D, &CLASSES);
+    let x: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+    let task_start = 150;
+    let stats = build_state(&x, &y, task_start);
+    for form in [Form::Nc, Form::Ridge] {
+        for bias in [true, false] {
+            for scope in [Scope::All, Scope::Task] {
+                for factor in [1e-3, 0.3] {
+                    let (sx, sy) = match scope {
+                        Scope::All => (&x[..], &y[..]),
+                        Scope::Task => (&x[task_start * D..], &y[task_start..]),
+                    };
+                    let centred = form == Form::Ridge && bias;
+                    let lambda = factor * mean_eigenvalue(sx, centred);
+                    let opts = SolveOptions {
+                        form,
+                        scope,
+                        lambda: Lambda::Relative(factor),
+                        bias,
+                        classes: Some(vec![42, -7]),
+                    };
+                    let head = Solver::new().solve(&stats, &opts).unwrap();
+                    assert!(
+                        (head.info.lambda - lambda).abs() <= 1e-12 * lambda,
+                        "{opts:?}: λ {} against {lambda}",
+                        head.info.lambda
+                    );
+                    assert_eq!(head.info.lambda_rule, Lambda::Relative(factor));
+                    let expected = reference(sx, sy, &[42, -7], form, bias, lambda);
+                    let err = check(&head, &expected);
+                    assert!(err < SOLVE_REL_TOL, "{opts:?}: relative error {err:e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn with_a_relative_lambda_rescaled_features_give_the_same_logits() {
+    let (x, y) = labelled_data(9, 300, D, &CLASSES);
+    let probe: Vec<f64> = x[..20 * D].to_vec();
+    for form in [Form::Nc, Form::Ridge] {
+        let logits_at = |scale: f64, lambda: Lambda| {
+            let scaled: Vec<f64> = x.iter().map(|v| v * scale).collect();
+            let mut stats = Stats::new(D);
+            stats.update(&scaled, &y).unwrap();
+            let head = Solver::new()
+                .solve(
+                    &stats,
+                    &SolveOptions {
+                        form,
+                        lambda,
+                        ..SolveOptions::default()
+                    },
+                )
+                .unwrap();
+            probe
+                .chunks(D)
+                .flat_map(|r| head.logits(&r.iter().map(|v| v * scale).collect::<Vec<f64>>()))
+                .collect::<Vec<f64>>()
+        };
+        let base = logits_at(1.0, Lambda::default());
+        for scale in [1e-3, 100.0, 1e4] {
+            let err = rel_err(&logits_at(scale, Lambda::default()), &base);
+            assert!(err < 1e-9, "{form}, features × {scale}: logits moved by {err:e}");
+        }
+        // An absolute λ keeps its meaning, so the same λ on rescaled features is a different head.
+        let err = rel_err(
+            &logits_at(100.0, Lambda::Absolute(0.05)),
+            &logits_at(1.0, Lambda::Absolute(0.05)),
+        );
+        assert!(
+            err > 1e-3,
+            "{form}: an absolute λ should not be scale-free ({err:e})"
+        );
+    }
 }

@@ -108,7 +108,7 @@ fn concurrent_clients_feed_one_state_and_the_remote_head_matches_the_library() {
     assert_eq!(stats["samples"], 4 * 25 * 16);
     assert_eq!(stats["classes"]["5"], expected.class_count(5));
     let opts = SolveRequest {
-        lambda: 0.01,
+        lambda: Some(0.01),
         classes: Some(vec![8, 2]),
         ..SolveRequest::default()
     };
@@ -380,7 +380,7 @@ fn the_command_line_clients_push_sync_and_solve_and_sigterm_checkpoints() {
         .solve(
             &expected,
             &SolveOptions {
-                lambda: 0.01,
+                lambda: 0.01.into(),
                 ..SolveOptions::default()
             },
         )

@@ -158,7 +158,7 @@ fn extending_and_merging_state_files_equal_ingesting_everything_at_once() {
     ]);
     let head = read_head(&parts.p("h.safetensors"), "").unwrap();
     let opts = SolveOptions {
-        lambda: 0.02,
+        lambda: 0.02.into(),
         classes: Some(vec![20, -1]),
         ..SolveOptions::default()
     };

@@ -50,12 +50,17 @@ class Stats:
     def solve(
         self,
         form: str = "nc",
-        lam: float = 0.05,
+        lam: Union[None, float, str] = None,
         classes: Optional[Sequence[int]] = None,
         bias: bool = True,
         scope: str = "all",
+        val: Union[None, Stats, tuple[npt.ArrayLike, npt.ArrayLike]] = None,
+        grid: Optional[Sequence[Union[float, str]]] = None,
     ) -> Head:
-        """Solves the head for `classes` (default all, ascending); ValueError names the problem."""
+        """Solves the head for `classes` (default all, ascending); ValueError names the problem.
+
+        `lam`: None or "rel" (0.01 x the mean eigenvalue tr(G/N)/d, scale-free), "rel:R", an
+        absolute number, or "auto" (lowest held-out MSE on `val` over `grid`)."""
     def _parts(self) -> dict[str, Any]: ...
     @staticmethod
     def _from_parts(parts: dict[str, Any]) -> Stats: ...
@@ -74,6 +79,9 @@ class Head:
     @property
     def lam(self) -> float: ...
     @property
+    def lam_rule(self) -> str:
+        """"rel:R" for a relative lambda, else the absolute number."""
+    @property
     def form(self) -> str: ...
     @property
     def scope(self) -> str: ...
@@ -81,3 +89,12 @@ class Head:
     def samples(self) -> int: ...
     def save(self, path: _Path, prefix: str = "") -> None:
         """Writes the CLI's safetensors format."""
+
+def fit_scale(
+    fixed: npt.NDArray[np.float64],
+    new: npt.NDArray[np.float64],
+    targets: npt.NDArray[np.int64],
+    max_logit: float = 30.0,
+) -> tuple[float, float, float, bool]:
+    """The scale of the new rows' logits that minimises the mean cross-entropy on a sample:
+    (scale, loss at 1, loss at scale, whether the cap max_logit was hit)."""

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use headstart::export;
 use headstart::snapshot::{self, SnapshotError};
-use headstart::solve::{Form, Head as CoreHead, Scope, SolveOptions, Solver};
+use headstart::solve::{
+    Form, Head as CoreHead, Lambda, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda,
+};
 use headstart::stats::{Precision, SegmentParts, Stats as CoreStats, StatsParts};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -171,6 +173,31 @@ impl PyStats {
         }
         Ok((x, y))
     }
+}
+
+/// A λ as Python gives it: a number, "rel", "rel:R" or "auto".
+enum LambdaArg {
+    Fixed(Lambda),
+    Auto,
+}
+
+fn lambda_arg(obj: &Bound<'_, PyAny>) -> PyResult<LambdaArg> {
+    if let Ok(text) = obj.extract::<String>() {
+        if text == "auto" {
+            return Ok(LambdaArg::Auto);
+        }
+        return text.parse::<Lambda>().map(LambdaArg::Fixed).map_err(value_error);
+    }
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(value_error("lam must be a number, \"rel\", \"rel:R\" or \"auto\", got a bool"));
+    }
+    let v: f64 = obj
+        .extract()
+        .map_err(|_| value_error("lam must be a number, \"rel\", \"rel:R\" or \"auto\""))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(value_error(format!("lambda must be a finite number ≥ 0, got {v}")));
+    }
+    Ok(LambdaArg::Fixed(Lambda::Absolute(v)))
 }
 
 /// Borrowed feature rows of either float type.
@@ -336,26 +363,80 @@ impl PyStats {
         Ok((from_bytes, (slf.borrow().to_bytes(py),)))
     }
 
-    /// Solves a head. `form`: "nc" (Harun & Kanan, Eq. 3) or "ridge"; `lam` ≥ 0; `classes`:
-    /// ids in row order (default: all, ascending); `scope`: "all" or "task".
-    #[pyo3(signature = (form = "nc", lam = 0.05, classes = None, bias = true, scope = "all"))]
+    /// Solves a head. `form`: "nc" (Harun & Kanan, Eq. 3) or "ridge"; `classes`: ids in row
+    /// order (default: all, ascending); `scope`: "all" or "task".
+    ///
+    /// `lam`: None or "rel" (the default: 0.01 × the features' mean eigenvalue tr(G/N)/d, so
+    /// the head's logits do not change when the features are rescaled), "rel:R" (R × the mean
+    /// eigenvalue), a number (absolute λ, the paper's, e.g. the backbone's weight decay), or
+    /// "auto": the λ of `grid` (default: relative factors 1e-6 … 1e2; numbers or "rel:R"
+    /// strings) with the lowest held-out MSE on `val`, a `Stats` or a (features, labels) pair.
+    #[pyo3(signature = (form = "nc", lam = None, classes = None, bias = true, scope = "all", val = None, grid = None))]
+    #[allow(clippy::too_many_arguments)]
     fn solve(
         &self,
         py: Python<'_>,
         form: &str,
-        lam: f64,
+        lam: Option<&Bound<'_, PyAny>>,
         classes: Option<Vec<i64>>,
         bias: bool,
         scope: &str,
+        val: Option<&Bound<'_, PyAny>>,
+        grid: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<PyHead> {
-        let opts = SolveOptions {
+        let rule = match lam {
+            None => LambdaArg::Fixed(Lambda::default()),
+            Some(obj) => lambda_arg(obj)?,
+        };
+        let mut opts = SolveOptions {
             form: form.parse::<Form>().map_err(value_error)?,
             scope: scope.parse::<Scope>().map_err(value_error)?,
-            lambda: lam,
+            lambda: Lambda::default(),
             bias,
             classes,
         };
         let (solver, inner) = (&self.solver, &self.inner);
+        match rule {
+            LambdaArg::Fixed(lambda) => {
+                if val.is_some() || grid.is_some() {
+                    return Err(value_error("val and grid only apply with lam=\"auto\""));
+                }
+                opts.lambda = lambda;
+            }
+            LambdaArg::Auto => {
+                let val = val.ok_or_else(|| {
+                    value_error("lam=\"auto\" needs held-out data: val=Stats or val=(features, labels)")
+                })?;
+                let held_out = match val.cast::<PyStats>() {
+                    Ok(stats) => stats.borrow().inner.clone(),
+                    Err(_) => {
+                        let (x, y): (Bound<'_, PyAny>, Bound<'_, PyAny>) = val.extract().map_err(|_| {
+                            value_error("val must be a Stats or a (features, labels) pair")
+                        })?;
+                        let mut held_out = PyStats::wrap(CoreStats::new(inner.dim()));
+                        held_out.update(py, &x, &y)?;
+                        held_out.inner
+                    }
+                };
+                if held_out.samples() == 0 {
+                    return Err(value_error("lam=\"auto\": the held-out data is empty"));
+                }
+                let grid = match grid {
+                    None => default_lambda_grid(),
+                    Some(points) => points
+                        .iter()
+                        .map(|p| match lambda_arg(p)? {
+                            LambdaArg::Fixed(l) => Ok(l),
+                            LambdaArg::Auto => Err(value_error("grid: 'auto' is not a grid point")),
+                        })
+                        .collect::<PyResult<Vec<Lambda>>>()?,
+                };
+                let choice = py
+                    .detach(|| select_lambda(solver, inner, &held_out, &opts, &grid))
+                    .map_err(value_error)?;
+                opts.lambda = choice.best;
+            }
+        }
         py.detach(|| solver.solve(inner, &opts))
             .map(|inner| PyHead { inner })
             .map_err(value_error)
@@ -491,10 +572,16 @@ impl PyHead {
         self.inner.dim
     }
 
-    /// λ used.
+    /// The absolute λ that was added to G/N (or Σ).
     #[getter]
     fn lam(&self) -> f64 {
         self.inner.info.lambda
+    }
+
+    /// How λ was given: "rel:R" (relative to the mean eigenvalue) or the absolute number.
+    #[getter]
+    fn lam_rule(&self) -> String {
+        self.inner.info.lambda_rule.to_string()
     }
 
     /// "nc" or "ridge".
@@ -536,11 +623,40 @@ impl PyHead {
     }
 }
 
+/// The scale a > 0 of new rows that minimises the mean cross-entropy on a sample (see
+/// `headstart.torch.init_rows(calibrate=...)`): `fixed` (n, k) logits of the other rows,
+/// `new` (n, m) logits of the new rows at scale 1, `targets` (n,) true columns of
+/// `[fixed | new]`. Returns (scale, loss at 1, loss at scale, whether the cap was hit).
+#[pyfunction]
+#[pyo3(signature = (fixed, new, targets, max_logit = 30.0))]
+fn fit_scale(
+    py: Python<'_>,
+    fixed: PyReadonlyArray2<'_, f64>,
+    new: PyReadonlyArray2<'_, f64>,
+    targets: PyReadonlyArray1<'_, i64>,
+    max_logit: f64,
+) -> PyResult<(f64, f64, f64, bool)> {
+    let (fixed_cols, new_cols) = (fixed.shape()[1], new.shape()[1]);
+    let fixed = fixed.as_slice().map_err(value_error)?.to_vec();
+    let new = new.as_slice().map_err(value_error)?.to_vec();
+    let targets: Vec<usize> = targets
+        .as_slice()
+        .map_err(value_error)?
+        .iter()
+        .map(|&t| usize::try_from(t).unwrap_or(usize::MAX))
+        .collect();
+    let fit = py
+        .detach(|| headstart::solve::fit_scale(&fixed, fixed_cols, &new, new_cols, &targets, max_logit))
+        .map_err(value_error)?;
+    Ok((fit.scale, fit.loss_before, fit.loss_after, fit.at_bound))
+}
+
 /// The native part of the `headstart` package.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStats>()?;
     m.add_class::<PyHead>()?;
+    m.add_function(wrap_pyfunction!(fit_scale, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

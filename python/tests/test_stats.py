@@ -46,6 +46,59 @@ def test_nc_head_matches_numpy(data, lam, bias):
     assert rel_err(head.bias, b) < SOLVE_TOL
 
 
+@pytest.mark.parametrize("lam, factor", [(None, 0.01), ("rel", 0.01), ("rel:0.3", 0.3)])
+def test_a_relative_lambda_is_its_factor_times_the_mean_eigenvalue(data, lam, factor):
+    x, y = data
+    head = stats_of(x, y).solve(lam=lam, classes=[9, -2, 5])
+    absolute = factor * np.trace(x.T @ x / len(y)) / x.shape[1]
+    w, b = nc_reference(x, y, [9, -2, 5], absolute)
+    assert abs(head.lam - absolute) < 1e-12 * absolute and head.lam_rule == f"rel:{factor}"
+    assert rel_err(head.weight, w) < SOLVE_TOL and rel_err(head.bias, b) < SOLVE_TOL
+
+
+def test_the_default_head_predicts_the_same_on_rescaled_features(data):
+    x, y = data
+    base = stats_of(x, y).solve()
+    logits = x @ base.weight.T + base.bias
+    for scale in (1e-3, 100.0):
+        head = stats_of(x * scale, y).solve()
+        assert rel_err((x * scale) @ head.weight.T + head.bias, logits) < 1e-9
+    # An absolute lambda keeps its meaning and is not scale-free.
+    fixed = [stats_of(x * s, y).solve(lam=0.05) for s in (1.0, 100.0)]
+    assert rel_err((x * 100) @ fixed[1].weight.T + fixed[1].bias, x @ fixed[0].weight.T + fixed[0].bias) > 1e-3
+
+
+def test_lambda_auto_picks_the_lowest_held_out_mse(data):
+    x, y = data
+    train, held_out = stats_of(x[:400], y[:400]), (x[400:], y[400:])
+    grid = [1e-4, "rel:1e-3", "rel:1", 50.0]
+    head = train.solve(lam="auto", val=held_out, grid=grid)
+
+    def mse(h):
+        targets = (y[400:, None] == h.class_ids[None, :]).astype(np.float64)
+        return float((((x[400:] @ h.weight.T + h.bias) - targets) ** 2).sum(axis=1).mean())
+
+    scores = [mse(train.solve(lam=g)) for g in grid]
+    assert abs(mse(head) - min(scores)) < 1e-9
+    assert head.lam_rule == ["0.0001", "rel:0.001", "rel:1.0", "50.0"][int(np.argmin(scores))]
+    # A held-out Stats gives the same choice; the default grid is relative.
+    assert head.lam == train.solve(lam="auto", val=stats_of(*held_out), grid=grid).lam
+    assert train.solve(lam="auto", val=held_out).lam_rule.startswith("rel:")
+    for bad, message in [
+        (dict(lam="auto"), "needs held-out data"),
+        (dict(lam="auto", val=(x[:0], y[:0])), "empty"),
+        (dict(lam="auto", val="nope"), "pair"),
+        (dict(lam=0.1, val=held_out), "only apply"),
+        (dict(lam="rel:-1"), "≥ 0"),
+        (dict(lam="relative"), "not a number"),
+        (dict(lam=float("nan")), "finite"),
+        (dict(lam=True), "bool"),
+        (dict(lam="auto", val=held_out, grid=["auto"]), "not a grid point"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train.solve(**bad)
+
+
 def test_ridge_head_matches_least_squares_with_a_bias_column(data):
     x, y = data
     head = stats_of(x, y).solve(form="ridge", lam=0.1)

@@ -22,8 +22,9 @@ def test_init_rows_writes_exactly_the_head_rows():
     fc = torch.nn.Linear(6, 5)
     before = fc.weight.detach().clone()
     head = solved()
-    rows = init_rows(fc, head)
-    assert rows.tolist() == [3, 1]
+    result = init_rows(fc, head)
+    assert result.rows.tolist() == [3, 1]
+    assert (result.scale, result.source, result.loss_before) == (1.0, "none", None)
     assert rel_err(fc.weight.detach()[3].numpy(), head.weight[0]) < 1e-7
     assert rel_err(fc.bias.detach()[1].numpy(), head.bias[1:2]) < 1e-7
     untouched = [0, 2, 4]
@@ -87,3 +88,115 @@ def test_load_head_finds_prefixes_and_ddp_names(tmp_path):
     assert rel_err(fc.weight.detach()[1].numpy(), head.weight[1]) < 1e-7
     with pytest.raises(ValueError, match="no tensor"):
         load_head(tmp_path / "fc.safetensors", prefix="head.")
+
+
+def layer_with_confident_old_rows(d=6, seed=0):
+    """A 5-row layer whose rows 0, 2, 4 were trained with cross-entropy on classes 0, 2 of the
+    data (large logits); rows 1 and 3 are new."""
+    torch.manual_seed(seed)
+    x, y = make_data(5, 300, d, [0, 1, 2, 3])
+    fc = torch.nn.Linear(d, 5)
+    old = np.isin(y, [0, 2])
+    xt, yt = torch.from_numpy(x[old]).float(), torch.from_numpy(y[old])
+    opt = torch.optim.Adam(fc.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(fc(xt)[:, [0, 2, 4]], (yt // 2)).backward()
+        opt.step()
+    return fc, x, y
+
+
+def brute_force_loss(fc, rows, weight, bias, x, y, active, scale):
+    """Cross-entropy over `active` rows of the layer with `rows` replaced by scale·(weight, bias),
+    in float64 numpy, sample by sample."""
+    w = fc.weight.detach().double().numpy().copy()
+    b = fc.bias.detach().double().numpy().copy()
+    w[rows], b[rows] = scale * weight, scale * bias
+    logits = (x @ w.T + b)[:, active]
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    pos = [active.index(int(v)) for v in y]
+    return float(np.mean(lse - logits[np.arange(len(y)), pos]))
+
+
+def test_calibration_on_a_sample_finds_the_cross_entropy_minimum():
+    fc, x, y = layer_with_confident_old_rows()
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    head = stats.solve(classes=[1, 3])
+    new = np.isin(y, [1, 3])
+    sample = (x[new][:64], y[new][:64])
+    active = [0, 1, 2, 3]
+    before = fc.weight.detach().clone()
+    result = init_rows(fc, head, calibrate=sample, active=active)
+    assert result.source == "sample" and result.samples == 64 and not result.at_bound
+    # The rows written are the LS rows times the fitted scale.
+    assert rel_err(fc.weight.detach()[[1, 3]].double().numpy(), result.scale * head.weight) < 1e-6
+    assert rel_err(fc.bias.detach()[[1, 3]].double().numpy(), result.scale * head.bias) < 1e-6
+    assert torch.equal(fc.weight.detach()[[0, 2, 4]], before[[0, 2, 4]])
+    # No scale on a fine grid does better, and the fitted loss is the one reported.
+    grid = np.exp(np.linspace(np.log(result.scale / 20), np.log(result.scale * 20), 801))
+    losses = [brute_force_loss(fc, [1, 3], head.weight, head.bias, *sample, active, a) for a in grid]
+    fitted = brute_force_loss(fc, [1, 3], head.weight, head.bias, *sample, active, result.scale)
+    assert fitted <= min(losses) + 1e-9
+    assert abs(fitted - result.loss_after) < 1e-9
+    assert abs(brute_force_loss(fc, [1, 3], head.weight, head.bias, *sample, active, 1.0) - result.loss_before) < 1e-9
+    assert result.loss_after < 0.6 * result.loss_before
+
+
+def test_calibration_from_statistics_lowers_the_switch_loss():
+    fc, x, y = layer_with_confident_old_rows()
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    head = stats.solve(classes=[1, 3])
+    new = np.isin(y, [1, 3])
+    active = [0, 1, 2, 3]
+    uncalibrated = brute_force_loss(fc, [1, 3], head.weight, head.bias, x[new], y[new], active, 1.0)
+    result = init_rows(fc, head, calibrate=stats, active=active)
+    assert result.source == "stats" and result.samples >= 4000 and result.scale > 1
+    calibrated = brute_force_loss(fc, [1, 3], head.weight, head.bias, x[new], y[new], active, result.scale)
+    assert calibrated < 0.6 * uncalibrated, (calibrated, uncalibrated)
+
+
+def test_calibration_input_is_checked_before_anything_is_written():
+    fc, x, y = layer_with_confident_old_rows()
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    head = stats.solve(classes=[1, 3])
+    before_w, before_b = fc.weight.detach().clone(), fc.bias.detach().clone()
+    nan = x[:8].copy()
+    nan[5, 2] = np.nan
+    cases = [
+        ((x[:0], y[:0]), None, "empty"),
+        ((x[:8], np.full(8, 4)), [0, 1, 2, 3], "label 4 .* not an active class"),
+        ((x[:8, :5], y[:8]), None, r"shape \(8, 5\), expected \(n, 6\)"),
+        ((nan, y[:8]), None, "row 5 is not finite"),
+        ((x[:8], y[:7]), None, "labels of shape"),
+        ((x[:8], y[:8].astype(np.float64)), None, "integers"),
+        ("not a pair", None, "pair"),
+        ((x[:8], y[:8]), [0, 2], r"classes \[1, 3\] are not in active"),
+        ((x[:8], y[:8]), [0, 1, 3, 9], "outside the layer"),
+    ]
+    for calibrate, active, message in cases:
+        with pytest.raises(ValueError, match=message):
+            init_rows(fc, head, calibrate=calibrate, active=active)
+    with pytest.raises(ValueError, match="choose one"):
+        init_rows(fc, head, norm="match", calibrate=(x[:8], y[:8]))
+    assert torch.equal(fc.weight.detach(), before_w) and torch.equal(fc.bias.detach(), before_b)
+
+
+def test_calibration_accepts_tensors_and_stops_at_the_logit_cap():
+    fc, x, y = layer_with_confident_old_rows()
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    head = stats.solve(classes=[1, 3])
+    # Only the new rows in the softmax, on a sample they classify perfectly: the loss falls
+    # for ever as the scale grows, so the fit stops where a logit reaches max_logit.
+    new = np.isin(y, [1, 3])
+    logits = x[new] @ head.weight.T + head.bias
+    right = (np.array([1, 3])[logits.argmax(axis=1)] == y[new])
+    xs, ys = torch.from_numpy(x[new][right][:32]), torch.from_numpy(y[new][right][:32])
+    result = init_rows(fc, head, calibrate=(xs, ys), active=[1, 3], max_logit=10.0)
+    assert result.at_bound
+    peak = np.abs((xs.numpy() @ head.weight.T + head.bias) * result.scale).max()
+    assert abs(peak - 10.0) < 1e-6

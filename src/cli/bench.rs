@@ -310,7 +310,7 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
     let mut stats = Stats::new(args.dim);
     stats.update_batch(&Batch::new(pool[0].features.clone(), labels))?;
     let opts = SolveOptions {
-        lambda: args.lambda,
+        lambda: args.lambda.into(),
         ..Default::default()
     };
     let mut times: Vec<f64> = (0..args.repeat)

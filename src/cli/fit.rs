@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::Args;
 
-use super::head::{HeadArgs, Lambda, print_choice, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
 use super::stream::{Split, StreamArgs, StreamConfig, stream_files};
 
 #[derive(Args)]
@@ -44,13 +44,13 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     // Every option is checked (and --match-norm read) before the long work.
     let prepared = args.head.prepare()?;
     let split = match (&prepared.lambda, args.val_fraction, &args.val_features) {
-        (Lambda::Fixed(_), Some(_), _) | (Lambda::Fixed(_), _, Some(_)) => {
+        (LambdaArg::Fixed(_), Some(_), _) | (LambdaArg::Fixed(_), _, Some(_)) => {
             bail!("--val-features/--val-fraction only apply with --lambda auto")
         }
-        (Lambda::Auto, None, None) => {
+        (LambdaArg::Auto, None, None) => {
             bail!("--lambda auto needs held-out data: --val-features and --val-labels, or --val-fraction")
         }
-        (Lambda::Auto, Some(f), _) => {
+        (LambdaArg::Auto, Some(f), _) => {
             if !(f > 0.0 && f < 1.0) {
                 bail!("--val-fraction must lie strictly between 0 and 1, got {f}");
             }
@@ -91,7 +91,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     extra.insert("features".to_string(), args.features.display().to_string());
     extra.insert("labels".to_string(), args.labels.display().to_string());
     extra.insert("precision".to_string(), args.stream.precision.to_string());
-    if let (Lambda::Auto, Some(s)) = (&prepared.lambda, split) {
+    if let (LambdaArg::Auto, Some(s)) = (&prepared.lambda, split) {
         extra.insert("val_fraction".into(), s.fraction.to_string());
         extra.insert("val_seed".into(), s.seed.to_string());
     }

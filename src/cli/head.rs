@@ -8,7 +8,7 @@ use clap::Args;
 use headstart::export::{self, WeightMatrix};
 use headstart::net::SolveRequest;
 use headstart::solve::{
-    Form, Head, LambdaChoice, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda,
+    Form, Head, Lambda, LambdaChoice, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda,
 };
 use headstart::stats::Stats;
 
@@ -22,8 +22,10 @@ pub struct HeadArgs {
     /// Solve no bias (b = 0).
     #[arg(long)]
     pub no_bias: bool,
-    /// λ ≥ 0, or `auto` to pick it on held-out data.
-    #[arg(long, default_value = "0.05", allow_hyphen_values = true)]
+    /// λ: `rel` (the default: 0.01 × the features' mean eigenvalue, scale-free), `rel:R` (R ×
+    /// the mean eigenvalue), a number ≥ 0 (absolute, the paper's λ), or `auto` (picked on
+    /// held-out data).
+    #[arg(long, default_value = "rel", allow_hyphen_values = true)]
     pub lambda: String,
     /// all (every sample) or task (only samples since the last task boundary).
     #[arg(long, default_value = "all")]
@@ -34,7 +36,8 @@ pub struct HeadArgs {
     /// Prefix of the tensor names, e.g. `fc.`.
     #[arg(long, default_value = "")]
     pub prefix: String,
-    /// With --lambda auto: the λ grid, comma-separated (default: 1e-6 … 1e2).
+    /// With --lambda auto: the λ grid, comma-separated, each absolute (`1e-3`) or relative
+    /// (`rel:1e-3`) (default: relative factors 1e-6 … 1e2).
     #[arg(long)]
     pub lambda_grid: Option<String>,
     /// Scale each row to the median row norm of this existing head (safetensors).
@@ -45,32 +48,27 @@ pub struct HeadArgs {
     pub match_norm_tensor: Option<String>,
 }
 
-pub enum Lambda {
-    Fixed(f64),
+pub enum LambdaArg {
+    Fixed(Lambda),
     Auto,
 }
 
 /// The options checked before any long work, so that a typo fails fast.
 pub struct Prepared {
-    pub lambda: Lambda,
+    pub lambda: LambdaArg,
     pub options: SolveOptions,
-    pub grid: Vec<f64>,
+    pub grid: Vec<Lambda>,
     pub norm_target: Option<WeightMatrix>,
 }
 
 impl HeadArgs {
     pub fn prepare(&self) -> anyhow::Result<Prepared> {
         let lambda = match self.lambda.as_str() {
-            "auto" => Lambda::Auto,
-            text => {
-                let v: f64 = text
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--lambda '{text}' is neither a number nor 'auto'"))?;
-                if !(v.is_finite() && v >= 0.0) {
-                    bail!("--lambda must be a finite number ≥ 0, got {text}");
-                }
-                Lambda::Fixed(v)
-            }
+            "auto" => LambdaArg::Auto,
+            text => LambdaArg::Fixed(
+                text.parse::<Lambda>()
+                    .map_err(|e| anyhow::anyhow!("--lambda: {e}, or 'auto'"))?,
+            ),
         };
         let classes = self
             .classes
@@ -83,11 +81,10 @@ impl HeadArgs {
             Some(text) => text
                 .split(',')
                 .map(|v| {
-                    v.trim()
-                        .parse::<f64>()
-                        .map_err(|_| anyhow::anyhow!("--lambda-grid: '{v}' is not a number"))
+                    v.parse::<Lambda>()
+                        .map_err(|e| anyhow::anyhow!("--lambda-grid: {e}"))
                 })
-                .collect::<anyhow::Result<Vec<f64>>>()?,
+                .collect::<anyhow::Result<Vec<Lambda>>>()?,
         };
         let norm_target = self
             .match_norm
@@ -98,8 +95,8 @@ impl HeadArgs {
             form: self.form,
             scope: self.scope,
             lambda: match lambda {
-                Lambda::Fixed(v) => v,
-                Lambda::Auto => 0.0,
+                LambdaArg::Fixed(v) => v,
+                LambdaArg::Auto => Lambda::default(),
             },
             bias: !self.no_bias,
             classes,
@@ -115,8 +112,8 @@ impl HeadArgs {
     /// The request for a server's solve; options that need local data are refused.
     pub fn remote_request(&self) -> anyhow::Result<SolveRequest> {
         let prepared = self.prepare()?;
-        if matches!(prepared.lambda, Lambda::Auto) {
-            bail!("--lambda auto needs held-out statistics; with --connect give a number");
+        if matches!(prepared.lambda, LambdaArg::Auto) {
+            bail!("--lambda auto needs held-out statistics; with --connect give a number or rel:R");
         }
         if self.match_norm.is_some() {
             bail!("--match-norm is applied locally: solve from a state file (--state) to use it");
@@ -124,7 +121,14 @@ impl HeadArgs {
         Ok(SolveRequest {
             form: self.form.to_string(),
             bias: !self.no_bias,
-            lambda: prepared.options.lambda,
+            lambda: match prepared.options.lambda {
+                Lambda::Absolute(v) => Some(v),
+                Lambda::Relative(_) => None,
+            },
+            lambda_rel: match prepared.options.lambda {
+                Lambda::Relative(r) => Some(r),
+                Lambda::Absolute(_) => None,
+            },
             scope: self.scope.to_string(),
             classes: prepared.options.classes,
             prefix: self.prefix.clone(),
@@ -149,8 +153,8 @@ pub fn solve_and_write(
     let solver = Solver::new();
     let mut opts = prepared.options;
     let choice = match prepared.lambda {
-        Lambda::Fixed(_) => None,
-        Lambda::Auto => {
+        LambdaArg::Fixed(_) => None,
+        LambdaArg::Auto => {
             let val = validation.context("--lambda auto needs held-out data")?;
             if val.samples() == 0 {
                 bail!("the held-out data is empty; raise --val-fraction or pass other held-out data");
@@ -190,11 +194,11 @@ pub fn solve_and_write(
 pub fn print_choice(solved: &Solved) {
     let info = &solved.head.info;
     match &solved.choice {
-        None => println!("lambda: {}", info.lambda),
+        None => println!("lambda: {}", describe_lambda(info.lambda, info.lambda_rule)),
         Some(c) => {
             println!(
                 "lambda: {} (auto: lowest held-out MSE {:.6} over {} grid values)",
-                c.best,
+                describe_lambda(info.lambda, c.best),
                 c.best_mse,
                 c.scores.len()
             );
@@ -208,19 +212,34 @@ pub fn print_choice(solved: &Solved) {
     println!("form: {}, bias: {}, scope: {}", info.form, info.bias, info.scope);
 }
 
+/// `0.05`, or `0.000123 (rel:0.01 × mean eigenvalue 0.0123)`.
+pub fn describe_lambda(absolute: f64, rule: Lambda) -> String {
+    match rule {
+        Lambda::Absolute(_) => format!("{absolute}"),
+        Lambda::Relative(r) if r > 0.0 => {
+            format!("{absolute:.6e} ({rule} × mean eigenvalue {:.6e})", absolute / r)
+        }
+        Lambda::Relative(_) => format!("{absolute} ({rule})"),
+    }
+}
+
 fn lambda_json(c: &LambdaChoice) -> String {
-    let points: Vec<String> = c
+    let points: Vec<serde_json::Value> = c
         .scores
         .iter()
-        .map(|s| match &s.mse {
-            Ok(m) => format!("[{:?},{:?}]", s.lambda, m),
-            Err(_) => format!("[{:?},null]", s.lambda),
+        .map(|s| {
+            serde_json::json!([
+                s.lambda.to_string(),
+                s.absolute.is_finite().then_some(s.absolute),
+                s.mse.as_ref().ok()
+            ])
         })
         .collect();
-    format!(
-        "{{\"best\":{:?},\"on_edge\":{},\"grid_mse\":[{}]}}",
-        c.best,
-        c.on_edge,
-        points.join(",")
-    )
+    serde_json::json!({
+        "best": c.best.to_string(),
+        "best_absolute": c.best_absolute,
+        "on_edge": c.on_edge,
+        "grid_mse": points,
+    })
+    .to_string()
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use headstart::net::{Address, Client};
 use headstart::snapshot;
 
-use super::head::{HeadArgs, Lambda, print_choice, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
 
 #[derive(Args)]
 #[group(id = "source", required = true, multiple = false, args = ["state", "connect"])]
@@ -39,9 +39,13 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
         let head = headstart::export::read_head(&args.out, &args.head.prefix)
             .with_context(|| format!("reading back {}", args.out.display()))?;
         println!("classes: {} solved, dimension {}", head.class_ids.len(), head.dim);
+        let meta = |key: &str| head.metadata.get(key).map_or("?", String::as_str);
         println!(
-            "lambda: {}, form: {}, scope: {}",
-            request.lambda, request.form, request.scope
+            "lambda: {} ({}), form: {}, scope: {}",
+            meta("lambda"),
+            meta("lambda_rule"),
+            request.form,
+            request.scope
         );
         println!("wrote {} (from {address})", args.out.display());
         return Ok(());
@@ -50,8 +54,8 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
     let prepared = args.head.prepare()?;
     let state = snapshot::read(path)?;
     let validation = match (&prepared.lambda, &args.val_state) {
-        (Lambda::Auto, None) => bail!("--lambda auto needs held-out statistics: --val-state V.hs"),
-        (Lambda::Fixed(_), Some(_)) => bail!("--val-state only applies with --lambda auto"),
+        (LambdaArg::Auto, None) => bail!("--lambda auto needs held-out statistics: --val-state V.hs"),
+        (LambdaArg::Fixed(_), Some(_)) => bail!("--val-state only applies with --lambda auto"),
         (_, Some(v)) => Some(snapshot::read_with_dim(v, state.dim())?),
         (_, None) => None,
     };

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::pipeline::{self, PipelineError};
-use crate::solve::{Form, Head, Scope, SolveError, SolveOptions, Solver};
+use crate::solve::{Form, Head, Lambda, Scope, SolveError, SolveOptions, Solver};
 use crate::stats::{Batch, Stats};
 
 /// Settings of the demo.
@@ -42,7 +42,7 @@ pub struct DemoConfig {
     /// Share of each class held out for testing.
     pub test_fraction: f64,
     /// λ for every solve.
-    pub lambda: f64,
+    pub lambda: Lambda,
     /// Seed of the projection, the split, the class order and the random rows.
     pub seed: u64,
 }
@@ -55,7 +55,7 @@ impl Default for DemoConfig {
             producers: 3,
             batch: 32,
             test_fraction: 0.3,
-            lambda: 1e-3,
+            lambda: Lambda::default(),
             seed: 7,
         }
     }
@@ -359,6 +359,7 @@ fn random_rows(classes: &[i64], dim: usize, rng: &mut ChaCha8Rng) -> Head {
             form: Form::Nc,
             scope: Scope::Task,
             lambda: 0.0,
+            lambda_rule: Lambda::Absolute(0.0),
             bias: true,
             samples: 0,
             class_counts: vec![0; c],

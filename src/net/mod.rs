@@ -33,15 +33,20 @@ pub use client::{Client, ClientError};
 pub use conn::{Address, Conn};
 pub use server::{Server, ServerConfig, ServerError};
 
-use crate::solve::{Form, Scope, SolveOptions};
+use crate::solve::{Form, Lambda, Scope, SolveOptions};
 
 /// The options of a remote solve, sent as JSON in a SOLVE frame. Every field is optional.
 ///
 /// # Examples
 /// ```
 /// use headstart::net::SolveRequest;
+/// use headstart::solve::Lambda;
 /// let r: SolveRequest = serde_json::from_str(r#"{"form": "ridge", "lambda": 0.1, "classes": [3, 5]}"#)?;
-/// assert_eq!(r.options().unwrap().lambda, 0.1);
+/// assert_eq!(r.options().unwrap().lambda, Lambda::Absolute(0.1));
+/// let r: SolveRequest = serde_json::from_str(r#"{"lambda_rel": 0.01}"#)?;
+/// assert_eq!(r.options().unwrap().lambda, Lambda::Relative(0.01));
+/// let default: SolveRequest = serde_json::from_str("{}")?;             // the scale-free default
+/// assert_eq!(default.options().unwrap().lambda, Lambda::default());
 /// assert!(serde_json::from_str::<SolveRequest>(r#"{"lamda": 1}"#).is_err()); // typo: refused
 /// # Ok::<(), serde_json::Error>(())
 /// ```
@@ -52,8 +57,11 @@ pub struct SolveRequest {
     pub form: String,
     /// Whether to solve a bias.
     pub bias: bool,
-    /// λ ≥ 0.
-    pub lambda: f64,
+    /// An absolute λ ≥ 0.
+    pub lambda: Option<f64>,
+    /// A relative λ factor ≥ 0 ([`Lambda::Relative`]); with neither field, the default
+    /// relative factor.
+    pub lambda_rel: Option<f64>,
     /// `all` or `task`.
     pub scope: String,
     /// Classes to solve, in row order (default: all, ascending).
@@ -68,7 +76,8 @@ impl Default for SolveRequest {
         SolveRequest {
             form: d.form.to_string(),
             bias: d.bias,
-            lambda: d.lambda,
+            lambda: None,
+            lambda_rel: None,
             scope: d.scope.to_string(),
             classes: None,
             prefix: String::new(),
@@ -85,7 +94,12 @@ impl SolveRequest {
         Ok(SolveOptions {
             form: self.form.parse::<Form>().map_err(|e| format!("form: {e}"))?,
             scope: self.scope.parse::<Scope>().map_err(|e| format!("scope: {e}"))?,
-            lambda: self.lambda,
+            lambda: match (self.lambda, self.lambda_rel) {
+                (Some(_), Some(_)) => return Err("give lambda or lambda_rel, not both".into()),
+                (Some(v), None) => Lambda::Absolute(v),
+                (None, Some(r)) => Lambda::Relative(r),
+                (None, None) => Lambda::default(),
+            },
             bias: self.bias,
             classes: self.classes.clone(),
         })

@@ -12,14 +12,16 @@
 
 use faer::Mat;
 
-use super::{Head, Scope, SolveError, SolveOptions, Solver, dot};
+use super::{Head, Lambda, Scope, SolveError, SolveOptions, Solver, dot};
 use crate::stats::Stats;
 
 /// One point of the λ grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LambdaScore {
-    /// λ.
-    pub lambda: f64,
+    /// λ, as given in the grid.
+    pub lambda: Lambda,
+    /// The absolute λ it resolved to (NaN where the head could not be solved).
+    pub absolute: f64,
     /// Held-out MSE, or why the head could not be solved at this λ.
     pub mse: Result<f64, String>,
 }
@@ -27,8 +29,10 @@ pub struct LambdaScore {
 /// The outcome of [`select_lambda`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LambdaChoice {
-    /// The λ with the lowest held-out MSE.
-    pub best: f64,
+    /// The λ with the lowest held-out MSE, as given in the grid.
+    pub best: Lambda,
+    /// The absolute λ it resolved to on the training statistics.
+    pub best_absolute: f64,
     /// Its MSE.
     pub best_mse: f64,
     /// Every grid point, in grid order.
@@ -37,19 +41,21 @@ pub struct LambdaChoice {
     pub on_edge: bool,
 }
 
-/// The default grid: 1, 2 and 5 times each power of ten from 10⁻⁶ to 10².
+/// The default grid, scale-free: relative factors 1, 2 and 5 times each power of ten from
+/// 10⁻⁶ to 10² (λ = factor × the mean eigenvalue, see [`Lambda::Relative`]).
 ///
 /// # Examples
 /// ```
-/// let grid = headstart::solve::default_lambda_grid();
-/// assert_eq!((grid.len(), grid[0], grid[24]), (25, 1e-6, 1e2));
+/// use headstart::solve::{Lambda, default_lambda_grid};
+/// let grid = default_lambda_grid();
+/// assert_eq!((grid.len(), grid[0], grid[24]), (25, Lambda::Relative(1e-6), Lambda::Relative(1e2)));
 /// ```
-pub fn default_lambda_grid() -> Vec<f64> {
+pub fn default_lambda_grid() -> Vec<Lambda> {
     let mut grid: Vec<f64> = (-6..2)
         .flat_map(|e| [1, 2, 5].map(|m| format!("{m}e{e}").parse().expect("a decimal literal")))
         .collect();
     grid.push(1e2);
-    grid
+    grid.into_iter().map(Lambda::Relative).collect()
 }
 
 /// The exact mean squared error of `head` on the held-out samples summarised by `val`
@@ -97,12 +103,13 @@ pub fn heldout_mse(head: &Head, val: &Stats) -> Result<f64, SolveError> {
 ///
 /// # Examples
 /// ```
-/// use headstart::{stats::Stats, solve::{Solver, SolveOptions, select_lambda}};
+/// use headstart::{stats::Stats, solve::{Lambda, Solver, SolveOptions, select_lambda}};
 /// let mut train = Stats::new(1);
 /// train.update(&[1.0f64, 1.1, -1.0, -0.9], &[0, 0, 1, 1])?;
 /// let mut val = Stats::new(1);
 /// val.update(&[0.9f64, -1.2], &[0, 1])?;
-/// let choice = select_lambda(&Solver::new(), &train, &val, &SolveOptions::default(), &[1e-3, 1e-1, 10.0])?;
+/// let grid = [1e-3, 1e-1, 10.0].map(Lambda::Absolute);
+/// let choice = select_lambda(&Solver::new(), &train, &val, &SolveOptions::default(), &grid)?;
 /// assert_eq!(choice.scores.len(), 3);
 /// assert!(choice.best_mse <= choice.scores.iter().filter_map(|s| s.mse.clone().ok()).fold(f64::MAX, f64::min));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -112,7 +119,7 @@ pub fn select_lambda(
     train: &Stats,
     val: &Stats,
     opts: &SolveOptions,
-    grid: &[f64],
+    grid: &[Lambda],
 ) -> Result<LambdaChoice, SolveError> {
     if train.dim() != val.dim() {
         return Err(SolveError::Dimension {
@@ -120,8 +127,8 @@ pub fn select_lambda(
             right: val.dim(),
         });
     }
-    if let Some(&lambda) = grid.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
-        return Err(SolveError::InvalidLambda { lambda });
+    for lambda in grid {
+        lambda.check()?;
     }
     let mut scores = Vec::with_capacity(grid.len());
     let mut best: Option<(usize, f64)> = None;
@@ -135,17 +142,22 @@ pub fn select_lambda(
                     ..opts.clone()
                 },
             )
-            .and_then(|head| heldout_mse(&head, val));
+            .and_then(|head| Ok((head.info.lambda, heldout_mse(&head, val)?)));
         match attempt {
-            Ok(mse) => {
+            Ok((absolute, mse)) => {
                 if best.is_none_or(|(_, b)| mse < b) {
                     best = Some((i, mse));
                 }
-                scores.push(LambdaScore { lambda, mse: Ok(mse) });
+                scores.push(LambdaScore {
+                    lambda,
+                    absolute,
+                    mse: Ok(mse),
+                });
             }
             Err(e) => {
                 scores.push(LambdaScore {
                     lambda,
+                    absolute: f64::NAN,
                     mse: Err(e.to_string()),
                 });
                 last_error = Some(e);
@@ -155,6 +167,7 @@ pub fn select_lambda(
     match best {
         Some((i, best_mse)) => Ok(LambdaChoice {
             best: grid[i],
+            best_absolute: scores[i].absolute,
             best_mse,
             scores,
             on_edge: i == 0 || i + 1 == grid.len(),

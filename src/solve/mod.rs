@@ -9,11 +9,19 @@
 //!   w_c = (Σ + λI)⁻¹ (s_c/N − μ_G n_c/N), b_c = n_c/N − w_c·μ_G, Σ = G/N − μ_G μ_Gᵀ.
 //!   Without bias, w_c = A⁻¹ s_c/N and b = 0.
 //!
-//! λ is added here, never stored. A [`Solver`] factors each (state version, λ, scope,
-//! centring) once with faer's Cholesky and reuses the factor for any class subset.
-//! The derivations are in `docs/math.md`.
+//! λ is added here, never stored. It is either absolute ([`Lambda::Absolute`], the paper's λ,
+//! equal to the backbone's weight decay) or relative to the scale of the features
+//! ([`Lambda::Relative`], the default): λ = r · tr(A₀)/d, where A₀ is the matrix λ is added to
+//! (G/N, or Σ for ridge with a bias) and tr(A₀)/d its mean eigenvalue. A relative λ makes the
+//! head scale-free: multiplying every feature by s > 0 divides W by s and leaves b, and so every
+//! logit, unchanged. A [`Solver`] factors each (state version, λ, scope, centring) once with
+//! faer's Cholesky and reuses the factor for any class subset. The derivations are in
+//! `docs/math.md`.
 
+mod calibrate;
 mod lambda;
+
+pub use calibrate::{CalibrateError, ScaleFit, fit_scale};
 
 pub use lambda::{LambdaChoice, LambdaScore, default_lambda_grid, heldout_mse, select_lambda};
 
@@ -57,12 +65,111 @@ macro_rules! text_enum {
 text_enum!(Form, "form", Form::Nc => "nc", Form::Ridge => "ridge");
 text_enum!(Scope, "scope", Scope::All => "all", Scope::Task => "task");
 
+/// How λ is chosen: a fixed value, or a factor of the features' mean eigenvalue.
+///
+/// Text form (CLI, server, Python): `0.05` is absolute, `rel` the default relative factor
+/// [`DEFAULT_RELATIVE_LAMBDA`], `rel:0.01` a given factor.
+///
+/// # Examples
+/// ```
+/// use headstart::solve::{Lambda, DEFAULT_RELATIVE_LAMBDA};
+/// assert_eq!("0.05".parse::<Lambda>(), Ok(Lambda::Absolute(0.05)));
+/// assert_eq!("rel".parse::<Lambda>(), Ok(Lambda::Relative(DEFAULT_RELATIVE_LAMBDA)));
+/// assert_eq!("rel:1e-3".parse::<Lambda>(), Ok(Lambda::Relative(1e-3)));
+/// assert_eq!(Lambda::Relative(0.5).resolve(4.0), 2.0); // 0.5 × mean eigenvalue 4
+/// assert!("-1".parse::<Lambda>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lambda {
+    /// λ itself, in the features' squared units (the paper's λ, the backbone's weight decay).
+    Absolute(f64),
+    /// λ = factor · tr(A₀)/d, the mean eigenvalue of the regularised matrix: scale-free.
+    Relative(f64),
+}
+
+/// The relative λ factor used when none is given (`rel`): λ = 10⁻² · tr(G/N)/d.
+///
+/// Chosen by measurement on held-out data of several feature sets (`docs/results.md`).
+pub const DEFAULT_RELATIVE_LAMBDA: f64 = 1e-2;
+
+impl Default for Lambda {
+    fn default() -> Self {
+        Lambda::Relative(DEFAULT_RELATIVE_LAMBDA)
+    }
+}
+
+impl Lambda {
+    /// The number given, absolute or relative.
+    pub fn value(self) -> f64 {
+        match self {
+            Lambda::Absolute(v) | Lambda::Relative(v) => v,
+        }
+    }
+
+    /// The absolute λ for a matrix whose mean eigenvalue (trace / d) is `mean_eigenvalue`.
+    pub fn resolve(self, mean_eigenvalue: f64) -> f64 {
+        match self {
+            Lambda::Absolute(v) => v,
+            Lambda::Relative(r) => r * mean_eigenvalue,
+        }
+    }
+
+    pub(crate) fn check(self) -> Result<(), SolveError> {
+        let v = self.value();
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err(SolveError::InvalidLambda { lambda: v })
+        }
+    }
+}
+
+impl From<f64> for Lambda {
+    fn from(v: f64) -> Self {
+        Lambda::Absolute(v)
+    }
+}
+
+impl fmt::Display for Lambda {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lambda::Absolute(v) => write!(f, "{v:?}"),
+            Lambda::Relative(r) => write!(f, "rel:{r:?}"),
+        }
+    }
+}
+
+impl FromStr for Lambda {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        let (relative, number) = match text {
+            "rel" => return Ok(Lambda::default()),
+            _ => match text.strip_prefix("rel:") {
+                Some(rest) => (true, rest),
+                None => (false, text),
+            },
+        };
+        let v: f64 = number.parse().map_err(|_| {
+            format!("lambda '{s}' is not a number, 'rel' or 'rel:FACTOR' (e.g. 0.05, rel, rel:0.01)")
+        })?;
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(format!("lambda must be a finite number ≥ 0, got {number}"));
+        }
+        Ok(if relative {
+            Lambda::Relative(v)
+        } else {
+            Lambda::Absolute(v)
+        })
+    }
+}
+
 /// What to solve.
 ///
 /// # Examples
 /// ```
 /// use headstart::solve::{Form, Scope, SolveOptions};
-/// let opts = SolveOptions { form: Form::Ridge, scope: Scope::Task, lambda: 1e-3,
+/// let opts = SolveOptions { form: Form::Ridge, scope: Scope::Task, lambda: 1e-3.into(),
 ///                           classes: Some(vec![4, 2]), ..SolveOptions::default() };
 /// assert!(opts.bias);
 /// ```
@@ -72,8 +179,8 @@ pub struct SolveOptions {
     pub form: Form,
     /// Which samples.
     pub scope: Scope,
-    /// Ridge λ ≥ 0, added to G/N (or Σ) at solve time.
-    pub lambda: f64,
+    /// λ ≥ 0, added to G/N (or Σ) at solve time: absolute, or relative (the default).
+    pub lambda: Lambda,
     /// Whether to solve a bias (otherwise b = 0).
     pub bias: bool,
     /// Classes to solve, in output order; `None`: every class with samples in the scope.
@@ -85,7 +192,7 @@ impl Default for SolveOptions {
         SolveOptions {
             form: Form::Nc,
             scope: Scope::All,
-            lambda: 0.05,
+            lambda: Lambda::default(),
             bias: true,
             classes: None,
         }
@@ -171,8 +278,10 @@ pub struct HeadInfo {
     pub form: Form,
     /// The scope.
     pub scope: Scope,
-    /// λ.
+    /// The absolute λ added to the matrix.
     pub lambda: f64,
+    /// How λ was given: for [`Lambda::Relative`], `lambda` = factor × the mean eigenvalue.
+    pub lambda_rule: Lambda,
     /// Whether a bias was solved.
     pub bias: bool,
     /// Samples N in the scope.
@@ -280,6 +389,7 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FactorKey {
     version: u64,
+    lambda_relative: bool,
     lambda_bits: u64,
     scope: Scope,
     centred: bool,
@@ -288,6 +398,8 @@ struct FactorKey {
 /// The Cholesky factor of (G/N or Σ) + λI for one scope, with that scope's N and mean.
 struct Factor {
     llt: Llt<f64>,
+    /// The absolute λ that was added.
+    lambda: f64,
     samples: u64,
     mean: Vec<f64>,
 }
@@ -335,10 +447,7 @@ impl Solver {
     /// See [`SolveError`]: an invalid λ, an empty scope, an unknown or repeated class, a
     /// matrix that is not positive definite (with a hint to raise λ), non-finite weights.
     pub fn solve(&self, stats: &Stats, opts: &SolveOptions) -> Result<Head, SolveError> {
-        let lambda = opts.lambda;
-        if !(lambda.is_finite() && lambda >= 0.0) {
-            return Err(SolveError::InvalidLambda { lambda });
-        }
+        opts.lambda.check()?;
         let segments = stats.segments(opts.scope == Scope::Task);
         let samples: u64 = segments.iter().map(|m| m.n).sum();
         if samples == 0 {
@@ -348,11 +457,13 @@ impl Solver {
         let centred = opts.form == Form::Ridge && opts.bias;
         let key = FactorKey {
             version: stats.version(),
-            lambda_bits: lambda.to_bits(),
+            lambda_relative: matches!(opts.lambda, Lambda::Relative(_)),
+            lambda_bits: opts.lambda.value().to_bits(),
             scope: opts.scope,
             centred,
         };
         let factor = self.factor(key, &segments, stats.dim(), opts)?;
+        let lambda = factor.lambda;
 
         let dim = stats.dim();
         let n = samples as f64;
@@ -409,6 +520,7 @@ impl Solver {
                 form: opts.form,
                 scope: opts.scope,
                 lambda,
+                lambda_rule: opts.lambda,
                 bias: opts.bias,
                 samples: factor.samples,
                 class_counts: counts,
@@ -465,8 +577,7 @@ fn factorise(
     for seg in filled {
         a += &seg.gram;
     }
-    let lambda = opts.lambda;
-    let mut max_diag: f64 = 0.0;
+    let mut trace = 0.0;
     for j in 0..dim {
         for i in j..dim {
             let mut v = a[(i, j)] / n;
@@ -474,11 +585,16 @@ fn factorise(
                 v -= mean[i] * mean[j];
             }
             if i == j {
-                v += lambda;
-                max_diag = max_diag.max(v);
+                trace += v;
             }
             a[(i, j)] = v;
         }
+    }
+    let lambda = opts.lambda.resolve(trace.max(0.0) / dim as f64);
+    let mut max_diag: f64 = 0.0;
+    for j in 0..dim {
+        a[(j, j)] += lambda;
+        max_diag = max_diag.max(a[(j, j)]);
     }
     let not_pd = |pivot| SolveError::NotPositiveDefinite {
         what: if centred { "covariance" } else { "second-moment" },
@@ -497,7 +613,12 @@ fn factorise(
     if let Some(pivot) = (0..dim).find(|&i| l[(i, i)] * l[(i, i)] <= tiny) {
         return Err(not_pd(pivot));
     }
-    Ok(Factor { llt, samples, mean })
+    Ok(Factor {
+        llt,
+        lambda,
+        samples,
+        mean,
+    })
 }
 
 /// The class ids to solve, checked against the scope.
