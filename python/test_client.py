@@ -146,8 +146,8 @@ def run(binary, tmp):
             assert stats["classes"] == {str(i): int(n) for i, n in zip(ids, counts)}, stats["classes"]
             assert c.sync() == total
 
-            err = check_head(c.solve(), x, y, CLASSES)
-            err = max(err, check_head(c.solve(classes=[7, -2], prefix="fc."), x, y, [7, -2], "fc."))
+            err = check_head(c.solve(lambda_=LAMBDA), x, y, CLASSES)
+            err = max(err, check_head(c.solve(classes=[7, -2], prefix="fc.", lambda_=LAMBDA), x, y, [7, -2], "fc."))
             summary.append(f"{total} samples from 2 threads, nc head rel err {err:.1e}")
 
             # Errors: a non-fatal solve error keeps the connection; client-side refusals send nothing.
@@ -181,7 +181,7 @@ def run(binary, tmp):
             tx = tx.astype(np.float32).astype(np.float64)
             stats = c.stats()
             assert stats["tasks_begun"] == 1 and stats["task_samples"] == len(ty), stats
-            check_head(c.solve(scope="task"), tx, ty, np.unique(ty))
+            check_head(c.solve(scope="task", lambda_=LAMBDA), tx, ty, np.unique(ty))
             x, y = np.vstack([x, tx]), np.concatenate([y, ty])
             total = len(y)
         out = stop_server(proc)
@@ -201,7 +201,7 @@ def run(binary, tmp):
         with Client.connect(address, timeout=TIMEOUT) as c:
             assert c.hello(DIM, np.float64) == total
             assert c.stats()["samples"] == total
-            check_head(c.solve(), x, y, np.unique(y))
+            check_head(c.solve(lambda_=LAMBDA), x, y, np.unique(y))
         stop_server(proc)
         summary.append("unix socket restart ok")
     finally:
