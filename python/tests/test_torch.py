@@ -106,6 +106,14 @@ def layer_with_confident_old_rows(d=6, seed=0):
     return fc, x, y
 
 
+def calibration_case():
+    """The layer above, the statistics of all its data, and the LS rows of new classes 1 and 3."""
+    fc, x, y = layer_with_confident_old_rows()
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    return fc, x, y, stats, stats.solve(classes=[1, 3])
+
+
 def brute_force_loss(fc, rows, weight, bias, x, y, active, scale):
     """Cross-entropy over `active` rows of the layer with `rows` replaced by scale·(weight, bias),
     in float64 numpy, sample by sample."""
@@ -120,10 +128,7 @@ def brute_force_loss(fc, rows, weight, bias, x, y, active, scale):
 
 
 def test_calibration_on_a_sample_finds_the_cross_entropy_minimum():
-    fc, x, y = layer_with_confident_old_rows()
-    stats = headstart.Stats(6)
-    stats.update(x, y)
-    head = stats.solve(classes=[1, 3])
+    fc, x, y, stats, head = calibration_case()
     # Old and new classes in the sample, so the minimum is finite (a sample of the new classes
     # alone, which the LS rows separate here, would push the scale to its cap).
     sample = (x[:64], y[:64])
@@ -146,10 +151,7 @@ def test_calibration_on_a_sample_finds_the_cross_entropy_minimum():
 
 
 def test_calibration_from_statistics_lowers_the_switch_loss():
-    fc, x, y = layer_with_confident_old_rows()
-    stats = headstart.Stats(6)
-    stats.update(x, y)
-    head = stats.solve(classes=[1, 3])
+    fc, x, y, stats, head = calibration_case()
     new = np.isin(y, [1, 3])
     active = [0, 1, 2, 3]
     uncalibrated = brute_force_loss(fc, [1, 3], head.weight, head.bias, x[new], y[new], active, 1.0)
@@ -160,10 +162,7 @@ def test_calibration_from_statistics_lowers_the_switch_loss():
 
 
 def test_calibration_input_is_checked_before_anything_is_written():
-    fc, x, y = layer_with_confident_old_rows()
-    stats = headstart.Stats(6)
-    stats.update(x, y)
-    head = stats.solve(classes=[1, 3])
+    fc, x, y, stats, head = calibration_case()
     before_w, before_b = fc.weight.detach().clone(), fc.bias.detach().clone()
     nan = x[:8].copy()
     nan[5, 2] = np.nan
@@ -187,10 +186,7 @@ def test_calibration_input_is_checked_before_anything_is_written():
 
 
 def test_calibration_accepts_tensors_and_stops_at_the_logit_cap():
-    fc, x, y = layer_with_confident_old_rows()
-    stats = headstart.Stats(6)
-    stats.update(x, y)
-    head = stats.solve(classes=[1, 3])
+    fc, x, y, stats, head = calibration_case()
     # Only the new rows in the softmax, on a sample they classify perfectly: the loss falls
     # for ever as the scale grows, so the fit stops where a logit reaches max_logit.
     new = np.isin(y, [1, 3])
