@@ -13,10 +13,15 @@ new classes:
             rows on a sample of --calib rows of the task's training data (a batch drawn apart
             from the first training batch, whose loss is the one reported at the switch);
   ls-stats  ls-all, calibrated from the statistics alone: init_rows(..., calibrate=stats)
-            fits the scale on draws from the class-conditional Gaussian of every seen class.
+            fits the scale on draws from the class-conditional Gaussian of every seen class;
+  ls-stats-task  the same with stats_scope="task": draws of the current task's classes only.
 
 λ is headstart's default (relative, scale-free) unless --lam gives another. --scale s multiplies
-every feature by s (the heads must not change: see docs/results.md).
+every feature by s for the whole run (training included). --scale-check S (default 100) measures
+headstart's own scale-freedom at every switch of the LS starts: the same start is computed again
+from features multiplied by S, joining the same layer reparametrised for them (old weights
+divided by S, so that the layer's function is unchanged), and the relative change of the switch
+loss is reported.
 
 Old rows are kept (trainable unless --freeze-old). Each task trains for --iters iterations of
 cross-entropy with AdamW over the classes seen so far, on the current task's data plus an
@@ -35,6 +40,7 @@ experiments/out/<data name>). Needs numpy, torch, matplotlib and the headstart p
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -46,8 +52,8 @@ import torch
 import headstart
 from headstart.torch import init_rows
 
-METHODS = ("random", "means", "ls-task", "ls-all", "ls-cal", "ls-stats")
-LS_METHODS = ("ls-task", "ls-all", "ls-cal", "ls-stats")
+METHODS = ("random", "means", "ls-task", "ls-all", "ls-cal", "ls-stats", "ls-stats-task")
+LS_METHODS = ("ls-task", "ls-all", "ls-cal", "ls-stats", "ls-stats-task")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -113,8 +119,9 @@ def init_new_rows(method, fc, new, x_task, y_task, stats, args, live, calib):
         return None
     scope = "task" if method == "ls-task" else "all"
     head = stats.solve(lam=args.lam, classes=list(new), scope=scope)
-    calibrate = {"ls-cal": calib, "ls-stats": stats}.get(method)
-    result = init_rows(fc, head, norm=args.norm, calibrate=calibrate, active=live)
+    calibrate = {"ls-cal": calib, "ls-stats": stats, "ls-stats-task": stats}.get(method)
+    scope = "task" if method == "ls-stats-task" else "all"
+    result = init_rows(fc, head, norm=args.norm, calibrate=calibrate, active=live, stats_scope=scope)
     return result.scale if calibrate is not None else None
 
 
@@ -137,12 +144,15 @@ def run(method, seed, x, y, args):
         width = d
     fc = torch.nn.Linear(width, len(order))
     stats = headstart.Stats(width)
+    check = args.scale_check > 0 and method in LS_METHODS and args.head == "linear"
+    stats_scaled = headstart.Stats(width) if check else None
     seen: list = []
     replay_x, replay_y = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
     log = {"loss": [], "acc": [], "task_start": [], "switch_loss": [], "after10": [], "after100": []}
     headstart_seconds = 0.0
     train_seconds = 0.0
     log["scales"] = []
+    log["scale_check"] = []
     for t, new in enumerate(tasks):
         new = [int(c) for c in new]
         for c in new:
@@ -169,12 +179,30 @@ def run(method, seed, x, y, args):
                 stats.begin_task()
             stats.update(h_task, y_task)
             headstart_seconds += time.perf_counter() - started
+        if check:
+            # The same layer for features multiplied by S: old weights divided by S.
+            S = args.scale_check
+            fc_scaled = copy.deepcopy(fc)
+            with torch.no_grad():
+                fc_scaled.weight /= S
+            if t > 0:
+                stats_scaled.begin_task()
+            stats_scaled.update(h_task * S, y_task)
         started = time.perf_counter()
         scale = init_new_rows(method, fc, new_rows, h_task, y_task, stats, args, live, calib)
         if scale is not None:
             log["scales"].append(scale)
         if method in LS_METHODS:
             headstart_seconds += time.perf_counter() - started
+        if check and t > 0:
+            scaled_calib = (calib[0] * S, calib[1])
+            init_new_rows(method, fc_scaled, new_rows, h_task * S, y_task, stats_scaled, args, live, scaled_calib)
+            first = torch.randint(0, len(ys), (min(args.batch, len(ys)),), generator=torch.Generator().manual_seed(seed * 1000 + t))
+            with torch.no_grad():
+                ce = torch.nn.functional.cross_entropy
+                plain = float(ce(fc(xs[first])[:, live], ys[first]))
+                scaled = float(ce(fc_scaled(xs[first] * S)[:, live], ys[first]))
+            log["scale_check"].append(abs(scaled - plain) / plain)
         started = time.perf_counter()
         params = [fc.weight, fc.bias, *body.parameters()]
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -258,8 +286,8 @@ def report(name, results, args, out_dir, wall):
         "",
         f"Command: `python experiments/class_incremental.py {' '.join(args.argv)}`",
         "",
-        "| init | loss at switch | ÷ random's | switches above random's | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | scale | headstart share |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| init | loss at switch | ÷ random's | switches above random's | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | scale | headstart share | switch loss change at features ×S |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = {}
     for m in args.method_list:
@@ -280,6 +308,7 @@ def report(name, results, args, out_dir, wall):
             "headstart_seconds": [r["headstart_seconds"] for r in runs],
             "headstart_share": [r["headstart_seconds"] / (r["headstart_seconds"] + r["train_seconds"]) for r in runs],
             "scales": [float(np.mean(r["scales"])) if r["scales"] else None for r in runs],
+            "scale_check_max": max((v for r in runs for v in r["scale_check"]), default=None),
         }
         random_switch = np.mean([np.mean(results["random"][s_]["switch_loss"]) for s_ in seeds])
         ratio = np.mean([np.mean(r["switch_loss"]) for r in runs]) / random_switch if random_switch else float("nan")
@@ -291,10 +320,11 @@ def report(name, results, args, out_dir, wall):
         summary[m] = row
         share = np.mean(row["headstart_share"])
         scale = mean_std(row["scales"]) if any(v is not None for v in row["scales"]) else "–"
+        change = "–" if row["scale_check_max"] is None else f"{row['scale_check_max']:.1e}"
         lines.append(
             f"| {m} | {mean_std(row['switch_loss'])} | {ratio:.2f} | {above}/{switches} | {mean_std(row['after10'])} | "
             f"{mean_std(row['after100'])} | {mean_std(row['iters_to_95'])} | {mean_std(row['final_acc'])} | {scale} | "
-            f"{100 * share:.1f}% |"
+            f"{100 * share:.1f}% | {change} |"
         )
     lines += [
         "",
@@ -308,6 +338,9 @@ def report(name, results, args, out_dir, wall):
         "(seed, switch) pairs whose loss exceeds the random rows' loss at the same switch. 'scale' is the mean "
         "calibration factor fitted. 'headstart share' is headstart's time (statistics, solve, calibration) over "
         "headstart's plus the training loop's.",
+        f"'switch loss change at features ×S' (S = {args.scale_check:g}): the largest relative change, over every "
+        "switch and seed, of the switch loss when headstart's start is computed from features multiplied by S for "
+        "the same layer reparametrised for them (old weights ÷ S); '–' where nothing is checked.",
         f"Wall time of the whole run: {wall:.1f} s.",
     ]
     text = "\n".join(lines) + "\n"
@@ -332,6 +365,7 @@ def plot(name, results, args, out_dir):
         "ls-all": "tab:green",
         "ls-cal": "tab:red",
         "ls-stats": "tab:purple",
+        "ls-stats-task": "tab:brown",
     }
     seeds = sorted(results["random"])
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -382,6 +416,7 @@ def main(argv=None):
     p.add_argument("--calib", type=int, default=64, help="ls-cal: rows in the calibration sample")
     p.add_argument("--l2", action="store_true", help="L2-normalise every feature vector")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every feature by this factor")
+    p.add_argument("--scale-check", type=float, default=100.0, help="LS starts: recompute each start at features x S (0: off)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--head", choices=("linear", "mlp"), default="linear", help="linear, or a hidden ReLU layer + linear")
     p.add_argument("--hidden", type=int, default=256, help="--head mlp: hidden width")

@@ -102,6 +102,7 @@ def init_rows(
     active=None,
     max_logit: float = 30.0,
     stats_samples: int = 4096,
+    stats_scope: str = "all",
     seed: int = 0,
 ) -> RowInit:
     """Writes the head's rows into `linear` at the rows given by its class ids, in place, and
@@ -117,8 +118,12 @@ def init_rows(
       convex in the scale, so the fit is exact (bisection on its derivative).
     - `calibrate=stats` (a `headstart.Stats`): the same fit on `stats_samples` draws from the
       class-conditional Gaussian the statistics define (class means, pooled within-class
-      covariance), over every `active` class they hold, old classes included: for when no
-      sample is at hand.
+      covariance), for when no sample is at hand. The draws are made in logit space (the
+      logits of a Gaussian feature are Gaussian), so their cost does not grow with the
+      feature dimension. `stats_scope="all"` draws every `active` class the statistics hold
+      in proportion to its count, old classes included; `"task"` draws only the classes of
+      the current task (since `begin_task`), in proportion to their counts there: the data a
+      rehearsal-free learner trains on next.
     - `active`: the layer rows in the softmax (default: every row).
     - `max_logit`: the fitted scale keeps every new-row logit on the sample within ±max_logit
       (a sample the new rows separate perfectly would otherwise push the scale to infinity).
@@ -131,6 +136,8 @@ def init_rows(
     """
     if norm not in ("none", "match"):
         raise ValueError(f"norm must be 'none' or 'match', got {norm!r}")
+    if stats_scope not in ("all", "task"):
+        raise ValueError(f"stats_scope must be 'all' or 'task', got {stats_scope!r}")
     if norm == "match" and calibrate is not None:
         raise ValueError("norm='match' and calibrate set the scale two ways; choose one")
     weight, bias, ids = _as_tensors(head)
@@ -159,14 +166,15 @@ def init_rows(
     active_rows = _active_rows(active, out_features, ids)
     if calibrate is not None:
         if isinstance(calibrate, Stats):
-            x, y = _gaussian_sample(calibrate, active_rows, stats_samples, seed)
+            logits = _stats_logits(calibrate, linear, weight, bias, ids, active_rows, stats_samples, stats_scope, seed)
             source = "stats"
         else:
             x, y = _sample(calibrate, in_features, active_rows)
+            logits = _sample_logits(linear, weight, bias, ids, active_rows, x, y)
             source = "sample"
-        scale, before, after, at_bound = _fit_scale(linear, weight, bias, ids, active_rows, x, y, max_logit)
+        scale, before, after, at_bound = fit_scale(*logits, max_logit)
         weight, bias = weight * scale, bias * scale
-        result = RowInit(ids, scale, source, before, after, len(y), at_bound)
+        result = RowInit(ids, scale, source, before, after, len(logits[2]), at_bound)
     index = ids.to(linear.weight.device)
     with torch.no_grad():
         linear.weight[index] = weight.to(linear.weight)
@@ -220,64 +228,97 @@ def _sample(calibrate, dim: int, active_rows: torch.Tensor):
     return x, y
 
 
-def _gaussian_sample(stats: Stats, active_rows: torch.Tensor, n: int, seed: int):
-    """Draws from N(mean_c, pooled within-class covariance) for each active class the
-    statistics hold, in proportion to the class counts (at least one draw each)."""
+def _columns(active_rows: torch.Tensor, ids: torch.Tensor):
+    """The layer's old active rows, and each active row's column in [old rows | new rows]."""
+    old_rows = active_rows[~torch.isin(active_rows, ids)]
+    column = {int(r): k for k, r in enumerate(old_rows.tolist())}
+    column.update({int(r): len(column) + k for k, r in enumerate(ids.tolist())})
+    return old_rows, column
+
+
+def _sample_logits(linear, weight, bias, ids, active_rows, x, y):
+    """The old active rows' logits, the new rows' logits at scale 1, and the targets' columns,
+    on the sample (x, y), in float64."""
+    device = linear.weight.device
+    old_rows, column = _columns(active_rows, ids)
+    with torch.no_grad():
+        x = x.to(device)
+        old = x @ linear.weight.detach()[old_rows.to(device)].to(torch.float64).T
+        if linear.bias is not None:
+            old = old + linear.bias.detach()[old_rows.to(device)].to(torch.float64)
+        new = x @ weight.to(device).T + bias.to(device)
+    targets = np.array([column[int(v)] for v in y.tolist()], dtype=np.int64)
+    fixed = np.ascontiguousarray(old.cpu().numpy(), dtype=np.float64).reshape(len(targets), -1)
+    fresh = np.ascontiguousarray(new.cpu().numpy(), dtype=np.float64)
+    return fixed, fresh, targets
+
+
+def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, scope: str, seed: int):
+    """Logits drawn from the class-conditional Gaussian the statistics define: for class c,
+    x ~ N(mean_c, pooled within-class covariance S), so the active rows' logits W x + b are
+    N(W mean_c + b, W S Wᵀ). Classes are drawn in proportion to their counts in `scope` (at
+    least one draw each). Returns what `_sample_logits` returns."""
     if stats.n == 0:
         raise ValueError("calibrate: the statistics hold no samples")
+    if n < 1:
+        raise ValueError(f"stats_samples must be at least 1, got {n}")
     parts = stats._parts()
     dim = int(parts["dim"])
+    if dim != linear.in_features:
+        raise ValueError(f"calibrate: the statistics have {dim} features but the layer takes {linear.in_features}")
     gram = np.zeros((dim, dim))
-    rows, cols = np.tril_indices(dim)
-    counts, sums = {}, {}
+    cols, rows = np.triu_indices(dim)  # gram_lower: the lower triangle column by column
+    counts, sums, recent = {}, {}, {}
     total = 0
     for segment in _SEGMENTS:
         seg = parts[segment]
-        lower = np.zeros((dim, dim))
-        lower[rows, cols] = seg["gram_lower"]
-        gram += lower + np.tril(lower, -1).T
+        gram[rows, cols] += seg["gram_lower"]
         total += int(seg["n"])
         for cid, count, s in zip(seg["class_ids"], seg["class_counts"], seg["class_sums"]):
             counts[int(cid)] = counts.get(int(cid), 0) + int(count)
             sums[int(cid)] = sums.get(int(cid), 0) + s
-    classes = [c for c in active_rows.tolist() if counts.get(c, 0) > 0]
+            if segment == "task":
+                recent[int(cid)] = int(count)
+    gram = gram + np.tril(gram, -1).T
+    weights = recent if scope == "task" else counts
+    classes = [c for c in active_rows.tolist() if weights.get(c, 0) > 0]
     if not classes:
-        raise ValueError("calibrate: the statistics hold none of the active classes")
-    means = np.stack([sums[c] / counts[c] for c in classes])
-    held = np.array([counts[c] for c in classes], dtype=np.float64)
-    # Pooled within-class covariance of every class the statistics hold.
-    all_means = np.stack([sums[c] / counts[c] for c in counts])
-    all_counts = np.array([counts[c] for c in counts], dtype=np.float64)
+        where = "the current task of the statistics" if scope == "task" else "the statistics"
+        raise ValueError(f"calibrate: {where} hold none of the active classes")
+    all_ids = list(counts)
+    all_means = np.stack([sums[c] / counts[c] for c in all_ids])
+    all_counts = np.array([counts[c] for c in all_ids], dtype=np.float64)
     within = gram / total - (all_means.T * (all_counts / total)) @ all_means
-    within = 0.5 * (within + within.T)
-    values, vectors = np.linalg.eigh(within)
-    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+
+    old_rows, column = _columns(active_rows, ids)
+    with torch.no_grad():
+        w_old = linear.weight.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
+        b_old = (
+            linear.bias.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
+            if linear.bias is not None
+            else np.zeros(len(old_rows))
+        )
+    w = np.concatenate([w_old, weight.cpu().numpy()])
+    b = np.concatenate([b_old, bias.cpu().numpy()])
+    means = np.stack([sums[c] / counts[c] for c in classes]) @ w.T + b
+    cov = w @ within @ w.T
+    cov = 0.5 * (cov + cov.T)
+    # A Cholesky factor (unique, so the draws do not depend on how eigenvectors were signed),
+    # with a jitter relative to the mean variance for rank-deficient covariances.
+    jitter = 1e-12 * max(float(np.trace(cov)) / len(cov), np.finfo(float).tiny)
+    try:
+        root = np.linalg.cholesky(cov + jitter * np.eye(len(cov)))
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(cov)
+        root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    held = np.array([weights[c] for c in classes], dtype=np.float64)
     per_class = np.maximum(1, np.round(n * held / held.sum())).astype(int)
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
-    x = means[np.repeat(np.arange(len(classes)), per_class)] + rng.standard_normal((len(labels), dim)) @ root.T
-    return torch.from_numpy(x), torch.from_numpy(labels)
-
-
-def _fit_scale(linear, weight, bias, ids, active_rows, x, y, max_logit):
-    """The scale a > 0 of the new rows that minimises the mean cross-entropy over the active
-    rows on (x, y), fitted exactly by headstart's native `fit_scale` (convex in a). Returns
-    (a, loss at 1, loss at a, whether a hit its cap)."""
-    device = linear.weight.device
-    with torch.no_grad():
-        x = x.to(device)
-        is_new = torch.isin(active_rows, ids)
-        old_rows = active_rows[~is_new].to(device)
-        old = x @ linear.weight.detach()[old_rows].to(device, torch.float64).T
-        if linear.bias is not None:
-            old = old + linear.bias.detach()[old_rows].to(device, torch.float64)
-        new = x @ weight.to(device).T + bias.to(device)
-    column = {int(r): k for k, r in enumerate(old_rows.tolist())}
-    column.update({int(r): len(column) + k for k, r in enumerate(ids.tolist())})
-    targets = np.array([column[int(v)] for v in y.tolist()], dtype=np.int64)
-    fixed = np.ascontiguousarray(old.cpu().numpy(), dtype=np.float64).reshape(len(targets), -1)
-    fresh = np.ascontiguousarray(new.cpu().numpy(), dtype=np.float64)
-    return fit_scale(fixed, fresh, targets, max_logit)
+    which = np.repeat(np.arange(len(classes)), per_class)
+    logits = means[which] + rng.standard_normal((len(which), len(b))) @ root.T
+    targets = np.array([column[classes[k]] for k in which], dtype=np.int64)
+    split = len(old_rows)
+    return np.ascontiguousarray(logits[:, :split]), np.ascontiguousarray(logits[:, split:]), targets
 
 
 def grow(linear: torch.nn.Linear, num_classes: int) -> torch.nn.Linear:

@@ -161,6 +161,43 @@ def test_calibration_from_statistics_lowers_the_switch_loss():
     assert calibrated < 0.6 * uncalibrated, (calibrated, uncalibrated)
 
 
+def test_statistics_draws_follow_the_class_conditional_gaussian_of_the_data():
+    # The logits drawn from the statistics must have, per class, the mean of the real data's
+    # logits and the covariance W S Wᵀ, S the pooled within-class covariance computed by numpy
+    # from the raw features.
+    rng = np.random.default_rng(3)
+    d, n = 9, 4000
+    y = rng.integers(0, 4, n)
+    mix = rng.standard_normal((d, d))
+    x = 2.0 * rng.standard_normal((4, d))[y] + rng.standard_normal((n, d)) @ mix
+    stats = headstart.Stats(d)
+    stats.update(x[:1500], y[:1500])
+    stats.begin_task()
+    stats.update(x[1500:], y[1500:])
+    fc = torch.nn.Linear(d, 4).double()
+    head = stats.solve(classes=[2, 3])
+    from headstart.torch import _stats_logits
+
+    w = np.concatenate([fc.weight.detach().numpy()[:2], head.weight])
+    b = np.concatenate([fc.bias.detach().numpy()[:2], head.bias])
+    means = np.stack([x[y == c].mean(axis=0) for c in range(4)])
+    within = sum(((x[y == c] - means[c]).T @ (x[y == c] - means[c])) for c in range(4)) / n
+    args = (stats, fc, torch.from_numpy(head.weight), torch.from_numpy(head.bias), torch.tensor([2, 3]), torch.arange(4))
+    fixed, fresh, targets = _stats_logits(*args, 400_000, "all", 0)
+    logits = np.concatenate([fixed, fresh], axis=1)
+    expected_cov = w @ within @ w.T
+    scale = np.abs(expected_cov).max()
+    for c in range(4):
+        drawn = logits[targets == c]
+        assert abs(len(drawn) / len(targets) - (y == c).mean()) < 1e-3
+        assert np.abs(drawn.mean(axis=0) - (means[c] @ w.T + b)).max() < 0.02 * scale**0.5
+        assert np.abs(np.cov(drawn.T) - expected_cov).max() < 0.03 * scale
+    # "task": only the current task's classes, in proportion to their counts there.
+    _, _, targets = _stats_logits(*args, 10_000, "task", 0)
+    for c in range(4):
+        assert abs((targets == c).mean() - (y[1500:] == c).mean()) < 1e-3
+
+
 def test_calibration_input_is_checked_before_anything_is_written():
     fc, x, y, stats, head = calibration_case()
     before_w, before_b = fc.weight.detach().clone(), fc.bias.detach().clone()

@@ -3,14 +3,20 @@
 //! The UCI digits (1,797 real 8 × 8 images, CC BY 4.0) pass through a fixed, seeded random
 //! ReLU projection (a RanPAC-style stand-in for a frozen backbone) and arrive as a sequence
 //! of tasks of two classes each, streamed by several producer threads through the
-//! [`pipeline`]. After each task the demo reports:
+//! [`pipeline`]. The layer grows at each task: old rows are kept, new rows are added. After
+//! each task the demo reports:
 //!
 //! - the test accuracy of the LS head (`nc`, scope `all`) over every class seen so far;
-//! - for the new classes, the loss on their training data of the head as it stands at the
-//!   task switch (old rows kept, new rows added), with the new rows initialised
-//!   (a) by headstart's LS rows (`nc`, scope `task`: the new task's data only) or
-//!   (b) at random as PyTorch's `nn.Linear` does (weights and bias uniform in ±1/√d),
-//!   as cross-entropy and as squared error to one-hot targets.
+//! - the cross-entropy, over every seen class, of the layer at the task switch on the new
+//!   classes' training data (rehearsal-free: only the new task's data), with the new rows
+//!   started (a) as headstart's recommended start: LS rows (`nc`, scope `all`, the default
+//!   scale-free λ) calibrated by [`fit_scale`] on a sample of [`DemoConfig::calibration`] rows
+//!   of the new task, (b) as the same LS rows uncalibrated, or (c) at random as PyTorch's
+//!   `nn.Linear` does (weights and bias uniform in ±1/√d; mean over 10 draws). The layer's
+//!   old rows are the calibrated rows of the earlier tasks, and the loss is taken on the task's
+//!   training rows outside the calibration sample.
+//!
+//! [`fit_scale`]: crate::solve::fit_scale
 
 mod digits;
 
@@ -25,7 +31,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::pipeline::{self, PipelineError};
-use crate::solve::{Form, Head, Lambda, Scope, SolveError, SolveOptions, Solver};
+use crate::solve::{
+    CalibrateError, Form, Head, Lambda, ScaleFit, Scope, SolveError, SolveOptions, Solver, fit_scale,
+};
 use crate::stats::{Batch, Stats};
 
 /// Settings of the demo.
@@ -43,6 +51,8 @@ pub struct DemoConfig {
     pub test_fraction: f64,
     /// λ for every solve.
     pub lambda: Lambda,
+    /// Rows of each new task that calibrate the new rows' scale (taken before the loss rows).
+    pub calibration: usize,
     /// Seed of the projection, the split, the class order and the random rows.
     pub seed: u64,
 }
@@ -56,6 +66,7 @@ impl Default for DemoConfig {
             batch: 32,
             test_fraction: 0.3,
             lambda: Lambda::default(),
+            calibration: 64,
             seed: 7,
         }
     }
@@ -74,14 +85,15 @@ pub struct TaskRow {
     pub samples: usize,
     /// Test accuracy of the LS head over the seen classes.
     pub test_accuracy: f64,
-    /// Cross-entropy on the new classes' training data, LS-initialised new rows.
+    /// Cross-entropy at the switch on the new classes' training data outside the calibration
+    /// sample, new rows started as calibrated LS rows.
+    pub ce_calibrated: f64,
+    /// Same, uncalibrated LS rows.
     pub ce_ls: f64,
     /// Same, randomly initialised new rows (mean over 10 draws).
     pub ce_random: f64,
-    /// Squared error to one-hot targets (summed over classes, mean over samples), LS rows.
-    pub mse_ls: f64,
-    /// Same, random rows (mean over 10 draws).
-    pub mse_random: f64,
+    /// The scale fitted for the new LS rows.
+    pub scale: f64,
 }
 
 /// The demo's outcome.
@@ -105,6 +117,9 @@ pub enum DemoError {
     /// A solve failed.
     #[error(transparent)]
     Solve(#[from] SolveError),
+    /// Calibrating new rows failed.
+    #[error(transparent)]
+    Calibrate(#[from] CalibrateError),
     /// Writing the head failed.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
@@ -185,9 +200,9 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
             crate::stats::MAX_DIM
         )));
     }
-    if config.dim == 0 || config.producers == 0 || config.batch == 0 {
+    if config.dim == 0 || config.producers == 0 || config.batch == 0 || config.calibration == 0 {
         return Err(DemoError::Config(
-            "dim, producers and batch must be positive".into(),
+            "dim, producers, batch and calibration must be positive".into(),
         ));
     }
     if !(0.0..1.0).contains(&config.test_fraction) {
@@ -218,7 +233,8 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
     let (producer, reducer) = pipeline::spawn(Stats::new(config.dim), 2 * config.producers);
     let mut rows = Vec::new();
     let mut seen: Vec<i64> = Vec::new();
-    let mut old_head: Option<Head> = None;
+    // The layer as it stands: the calibrated rows of every earlier task.
+    let mut layer: Option<Head> = None;
     for (t, new_classes) in order.chunks(config.classes_per_task).enumerate() {
         if t > 0 {
             producer.begin_task()?;
@@ -232,19 +248,19 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
         let stats = producer.snapshot()?;
         seen.extend_from_slice(new_classes);
 
-        let solve = |scope, classes: &[i64]| {
+        let solve = |classes: &[i64]| {
             solver.solve(
                 &stats,
                 &SolveOptions {
                     form: Form::Nc,
-                    scope,
+                    scope: Scope::All,
                     lambda: config.lambda,
                     bias: true,
                     classes: Some(classes.to_vec()),
                 },
             )
         };
-        let head_all = solve(Scope::All, &seen)?;
+        let head_all = solve(&seen)?;
         let test_seen: Vec<usize> = test
             .iter()
             .copied()
@@ -255,17 +271,22 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
             .filter(|&&i| head_all.predict(&widen(&features[i])) == labels[i])
             .count();
 
-        let ls_rows = solve(Scope::Task, new_classes)?;
-        let own: Vec<&Vec<f32>> = task_rows.iter().map(|&i| &features[i]).collect();
-        let own_labels: Vec<i64> = task_rows.iter().map(|&i| labels[i]).collect();
-        let (ce_ls, mse_ls) = losses(old_head.as_ref(), &ls_rows, &own, &own_labels);
+        // The new rows: LS rows, calibrated on the first rows of the task, and the loss at the
+        // switch on the rest.
+        let ls_rows = solve(new_classes)?;
+        let split = config.calibration.min(task_rows.len() / 2);
+        let (calibration, rest) = task_rows.split_at(split);
+        let fit = calibrate(layer.as_ref(), &ls_rows, calibration, &features, &labels)?;
+        let calibrated = scaled(&ls_rows, fit.scale);
+        let own: Vec<&Vec<f32>> = rest.iter().map(|&i| &features[i]).collect();
+        let own_labels: Vec<i64> = rest.iter().map(|&i| labels[i]).collect();
+        let ce_calibrated = cross_entropy(layer.as_ref(), &calibrated, &own, &own_labels);
+        let ce_ls = cross_entropy(layer.as_ref(), &ls_rows, &own, &own_labels);
         let draws = 10;
-        let (mut ce_random, mut mse_random) = (0.0, 0.0);
+        let mut ce_random = 0.0;
         for _ in 0..draws {
             let random = random_rows(new_classes, config.dim, &mut rng);
-            let (ce, mse) = losses(old_head.as_ref(), &random, &own, &own_labels);
-            ce_random += ce / draws as f64;
-            mse_random += mse / draws as f64;
+            ce_random += cross_entropy(layer.as_ref(), &random, &own, &own_labels) / draws as f64;
         }
         rows.push(TaskRow {
             task: t + 1,
@@ -273,12 +294,15 @@ pub fn run(config: &DemoConfig, out_dir: Option<&Path>) -> Result<DemoReport, De
             seen: seen.clone(),
             samples: task_rows.len(),
             test_accuracy: correct as f64 / test_seen.len().max(1) as f64,
+            ce_calibrated,
             ce_ls,
             ce_random,
-            mse_ls,
-            mse_random,
+            scale: fit.scale,
         });
-        old_head = Some(head_all);
+        layer = Some(match layer {
+            Some(old) => stacked(&old, &calibrated),
+            None => calibrated,
+        });
     }
     drop(producer);
     let final_stats = reducer.join()?;
@@ -367,54 +391,89 @@ fn random_rows(classes: &[i64], dim: usize, rng: &mut ChaCha8Rng) -> Head {
     }
 }
 
-/// Mean cross-entropy and mean squared error (to one-hot targets, summed over outputs) of the
-/// head made of `old` rows followed by `new` rows, on the given samples.
-fn losses(old: Option<&Head>, new: &Head, xs: &[&Vec<f32>], ys: &[i64]) -> (f64, f64) {
-    let (mut ce, mut mse) = (0.0, 0.0);
+/// The layer's logits on `x`: the `old` rows, then the `new` rows, with the class ids in order.
+fn layer_logits(old: Option<&Head>, new: &Head, x: &[f64]) -> (Vec<f64>, Vec<i64>) {
+    let mut logits = old.map(|h| h.logits(x)).unwrap_or_default();
+    let mut ids = old.map(|h| h.class_ids.clone()).unwrap_or_default();
+    logits.extend(new.logits(x));
+    ids.extend_from_slice(&new.class_ids);
+    (logits, ids)
+}
+
+/// Mean cross-entropy of the layer made of `old` rows followed by `new` rows, on the samples.
+fn cross_entropy(old: Option<&Head>, new: &Head, xs: &[&Vec<f32>], ys: &[i64]) -> f64 {
+    let mut ce = 0.0;
     for (x, &y) in xs.iter().zip(ys) {
-        let x = widen(x);
-        let mut logits = old.map(|h| h.logits(&x)).unwrap_or_default();
-        let mut ids = old.map(|h| h.class_ids.clone()).unwrap_or_default();
-        logits.extend(new.logits(&x));
-        ids.extend_from_slice(&new.class_ids);
+        let (logits, ids) = layer_logits(old, new, &widen(x));
         let target = ids.iter().position(|&c| c == y).expect("sample of a head class");
         let max = logits.iter().cloned().fold(f64::MIN, f64::max);
         let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
         ce += lse - logits[target];
-        mse += logits
-            .iter()
-            .enumerate()
-            .map(|(k, l)| (l - if k == target { 1.0 } else { 0.0 }).powi(2))
-            .sum::<f64>();
     }
-    let n = xs.len().max(1) as f64;
-    (ce / n, mse / n)
+    ce / xs.len().max(1) as f64
+}
+
+/// Fits the scale of the `new` rows joining the `old` ones on the sample rows `sample`.
+fn calibrate(
+    old: Option<&Head>,
+    new: &Head,
+    sample: &[usize],
+    features: &[Vec<f32>],
+    labels: &[i64],
+) -> Result<ScaleFit, DemoError> {
+    let (mut fixed, mut fresh, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    let old_cols = old.map_or(0, Head::rows);
+    for &i in sample {
+        let (logits, ids) = layer_logits(old, new, &widen(&features[i]));
+        fixed.extend_from_slice(&logits[..old_cols]);
+        fresh.extend_from_slice(&logits[old_cols..]);
+        targets.push(
+            ids.iter()
+                .position(|&c| c == labels[i])
+                .expect("sample of a head class"),
+        );
+    }
+    Ok(fit_scale(&fixed, old_cols, &fresh, new.rows(), &targets, 30.0)?)
+}
+
+/// `head` with every weight and bias multiplied by `factor`.
+fn scaled(head: &Head, factor: f64) -> Head {
+    let mut out = head.clone();
+    out.weight
+        .iter_mut()
+        .chain(out.bias.iter_mut())
+        .for_each(|v| *v *= factor);
+    out
+}
+
+/// The rows of `old` followed by the rows of `new`.
+fn stacked(old: &Head, new: &Head) -> Head {
+    let mut out = old.clone();
+    out.weight.extend_from_slice(&new.weight);
+    out.bias.extend_from_slice(&new.bias);
+    out.class_ids.extend_from_slice(&new.class_ids);
+    out.info.class_counts.extend_from_slice(&new.info.class_counts);
+    out
 }
 
 /// Formats the report as the table `headstart demo` prints.
 pub fn format_report(report: &DemoReport) -> String {
     let mut out = String::new();
-    out.push_str(
-        "                          LS head    initial loss on the new classes' training data
-",
-    );
-    out.push_str(
-        "task  new   seen  train   test acc    CE: LS   random    MSE: LS   random
-",
-    );
+    out.push_str("                          LS head     loss at the switch (new task's data)\n");
+    out.push_str("task  new   seen  train   test acc   calibrated LS      LS  random   scale\n");
     for r in &report.rows {
         let new: Vec<String> = r.new_classes.iter().map(i64::to_string).collect();
         out.push_str(&format!(
-            "{:>4}  {:<4}  {:>4}  {:>5}  {:>8.1}%  {:>9.3}  {:>7.3}  {:>9.3}  {:>7.3}\n",
+            "{:>4}  {:<4}  {:>4}  {:>5}  {:>8.1}%  {:>14.3}  {:>6.3}  {:>6.3}  {:>6.1}\n",
             r.task,
             new.join(","),
             r.seen.len(),
             r.samples,
             100.0 * r.test_accuracy,
+            r.ce_calibrated,
             r.ce_ls,
             r.ce_random,
-            r.mse_ls,
-            r.mse_random
+            r.scale
         ));
     }
     out
