@@ -60,8 +60,8 @@ def main():
         np.save(tmp / "x.npy", x32)
         np.save(tmp / "y.npy", y.astype(np.int32))
         cases = [
-            # The default λ is relative: 0.01 × the mean eigenvalue of G/N, tr(XᵀX/N)/d.
-            ("nc", [], nc_reference(x64, y, sorted(class_ids), 0.01 * (x64**2).sum() / n / d), sorted(class_ids), ""),
+            # The default λ is relative: 0.001 × the mean eigenvalue of G/N, tr(XᵀX/N)/d.
+            ("nc", [], nc_reference(x64, y, sorted(class_ids), 0.001 * (x64**2).sum() / n / d), sorted(class_ids), ""),
             ("nc-rel", ["--lambda", "rel:0.3"],
              nc_reference(x64, y, sorted(class_ids), 0.3 * (x64**2).sum() / n / d), sorted(class_ids), ""),
             ("nc-absolute", ["--lambda", "0.05"], nc_reference(x64, y, sorted(class_ids), 0.05), sorted(class_ids), ""),

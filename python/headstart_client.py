@@ -174,7 +174,7 @@ class Client:
     def solve(self, form="nc", bias=True, lambda_=None, scope="all", classes=None, prefix="", lambda_rel=None):
         """Solves a head; returns the safetensors file's bytes (see `read_safetensors`).
         `lambda_` is an absolute lambda, `lambda_rel` a factor of the features' mean eigenvalue;
-        with neither, the server's scale-free default (rel:0.01)."""
+        with neither, the server's scale-free default (rel:0.001)."""
         options = {"form": form, "bias": bool(bias), "scope": scope, "prefix": prefix}
         if lambda_ is not None:
             options["lambda"] = float(lambda_)

@@ -97,4 +97,5 @@ def fit_scale(
     max_logit: float = 30.0,
 ) -> tuple[float, float, float, bool]:
     """The scale of the new rows' logits that minimises the mean cross-entropy on a sample:
-    (scale, loss at 1, loss at scale, whether the cap max_logit was hit)."""
+    (scale, loss at 1, loss at scale, whether the cap was hit: new logits at most
+    max_logit beyond the largest |fixed| logit)."""

@@ -125,8 +125,10 @@ def init_rows(
       the current task (since `begin_task`), in proportion to their counts there: the data a
       rehearsal-free learner trains on next.
     - `active`: the layer rows in the softmax (default: every row).
-    - `max_logit`: the fitted scale keeps every new-row logit on the sample within ±max_logit
-      (a sample the new rows separate perfectly would otherwise push the scale to infinity).
+    - `max_logit`: the fitted scale keeps every new-row logit on the sample within max_logit of
+      the largest old-row logit magnitude there (a sample the new rows separate perfectly would
+      otherwise push the scale to infinity; long-trained old rows can be very confident, so the
+      cap follows them).
     - `norm="match"` scales each new row (and its bias) to the median norm of the rows this
       call does not touch (off by default; `docs/results.md` shows it hurts).
 

@@ -626,7 +626,8 @@ impl PyHead {
 /// The scale a > 0 of new rows that minimises the mean cross-entropy on a sample (see
 /// `headstart.torch.init_rows(calibrate=...)`): `fixed` (n, k) logits of the other rows,
 /// `new` (n, m) logits of the new rows at scale 1, `targets` (n,) true columns of
-/// `[fixed | new]`. Returns (scale, loss at 1, loss at scale, whether the cap was hit).
+/// `[fixed | new]`. Returns (scale, loss at 1, loss at scale, whether the cap was hit: new
+/// logits at most `max_logit` beyond the largest |fixed| logit).
 #[pyfunction]
 #[pyo3(signature = (fixed, new, targets, max_logit = 30.0))]
 fn fit_scale(

@@ -46,7 +46,7 @@ def test_nc_head_matches_numpy(data, lam, bias):
     assert rel_err(head.bias, b) < SOLVE_TOL
 
 
-@pytest.mark.parametrize("lam, factor", [(None, 0.01), ("rel", 0.01), ("rel:0.3", 0.3)])
+@pytest.mark.parametrize("lam, factor", [(None, 0.001), ("rel", 0.001), ("rel:0.3", 0.3)])
 def test_a_relative_lambda_is_its_factor_times_the_mean_eigenvalue(data, lam, factor):
     x, y = data
     head = stats_of(x, y).solve(lam=lam, classes=[9, -2, 5])

@@ -22,7 +22,7 @@ pub struct HeadArgs {
     /// Solve no bias (b = 0).
     #[arg(long)]
     pub no_bias: bool,
-    /// λ: `rel` (the default: 0.01 × the features' mean eigenvalue, scale-free), `rel:R` (R ×
+    /// λ: `rel` (the default: 0.001 × the features' mean eigenvalue, scale-free), `rel:R` (R ×
     /// the mean eigenvalue), a number ≥ 0 (absolute, the paper's λ), or `auto` (picked on
     /// held-out data).
     #[arg(long, default_value = "rel", allow_hyphen_values = true)]

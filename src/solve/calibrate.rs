@@ -13,7 +13,10 @@
 //! is convex in a (a log-sum-exp of affine functions minus an affine one), so its minimiser is
 //! found exactly by bisection on the sign of L′(a) = (1/n) Σ_i [ Σ_k p_ik(a) v_ik − [y_i new] v_{i,y_i} ],
 //! with p the softmax restricted to the new rows. A sample that the new rows separate perfectly
-//! has its infimum at a → ∞; the scale is capped where the largest |a·v_ik| reaches `max_logit`.
+//! has its infimum at a → ∞, so the scale is capped: the largest |a·v_ik| on the sample may
+//! exceed the largest |u_ik| by at most `max_logit`. The cap is relative to the fixed logits
+//! because rows that were trained for long can be confident far beyond any fixed bound: new rows
+//! must be able to outbid them on their own classes.
 
 /// The outcome of [`fit_scale`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,7 +80,8 @@ pub enum CalibrateError {
 ///
 /// `fixed` holds the logits of the layer's other rows (n × `fixed_cols`, row-major), `new` the
 /// new rows' logits at scale 1 (n × `new_cols`), and `targets[i]` the true column of sample `i`
-/// in the concatenation `[fixed | new]`. The scale is kept in [10⁻⁶, max_logit / max|v|].
+/// in the concatenation `[fixed | new]`. The scale is kept in
+/// [10⁻⁶, (max_logit + max|u|) / max|v|], u the fixed logits and v the new ones.
 ///
 /// # Errors
 /// [`CalibrateError`]: an empty sample, mismatched lengths, a target outside the columns,
@@ -136,7 +140,8 @@ pub fn fit_scale(
         targets,
     };
     let peak = new.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-    let upper = if peak > 0.0 { max_logit / peak } else { 1.0 };
+    let reach = max_logit + fixed.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    let upper = if peak > 0.0 { reach / peak } else { 1.0 };
     let (mut lo, mut hi) = (upper.min(1e-6).ln(), upper.ln());
     let (scale, at_bound) = if sample.slope(hi.exp()) <= 0.0 {
         (hi.exp(), true)
@@ -228,5 +233,77 @@ impl Sample<'_> {
             })
             .sum();
         total / self.targets.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean cross-entropy at scale `a`, computed directly (softmax over the whole row).
+    fn brute_loss(fixed: &[f64], fc: usize, new: &[f64], nc: usize, targets: &[usize], a: f64) -> f64 {
+        let n = targets.len();
+        (0..n)
+            .map(|i| {
+                let logits: Vec<f64> = fixed[i * fc..(i + 1) * fc]
+                    .iter()
+                    .copied()
+                    .chain(new[i * nc..(i + 1) * nc].iter().map(|v| a * v))
+                    .collect();
+                let lse = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
+                lse - logits[targets[i]]
+            })
+            .sum::<f64>()
+            / n as f64
+    }
+
+    #[test]
+    fn the_fitted_scale_is_the_minimum_of_a_fine_grid() {
+        // Two fixed columns, two new ones; a mix of old and new targets and one wrong new row.
+        let fixed = [1.0, -0.5, 0.2, 0.8, -0.3, 0.1, 0.5, 0.4, 0.0, 0.2];
+        let new = [0.3, -0.2, -0.1, 0.4, 0.2, 0.1, 0.05, 0.3, -0.2, 0.25];
+        let targets = [0, 2, 3, 1, 3];
+        let fit = fit_scale(&fixed, 2, &new, 2, &targets, 30.0).unwrap();
+        assert!(!fit.at_bound);
+        let best = (0..4000)
+            .map(|k| 10f64.powf(-2.0 + 4.0 * k as f64 / 4000.0))
+            .map(|a| brute_loss(&fixed, 2, &new, 2, &targets, a))
+            .fold(f64::INFINITY, f64::min);
+        let at_fit = brute_loss(&fixed, 2, &new, 2, &targets, fit.scale);
+        assert!(at_fit <= best + 1e-12, "{at_fit} > {best}");
+        assert!((at_fit - fit.loss_after).abs() < 1e-12);
+        assert!((brute_loss(&fixed, 2, &new, 2, &targets, 1.0) - fit.loss_before).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_separable_sample_stops_max_logit_beyond_the_largest_fixed_logit() {
+        // The new rows rank every target first: the loss falls for ever as a grows.
+        let fixed = [12.0, 5.0];
+        let new = [0.5, -0.5, -0.4, 0.6];
+        let fit = fit_scale(&fixed, 1, &new, 2, &[1, 2], 10.0).unwrap();
+        assert!(fit.at_bound);
+        // max |a·v| = 0.6·a reaches 10 + max|u| = 22.
+        assert!((fit.scale * 0.6 - 22.0).abs() < 1e-9, "{}", fit.scale);
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert_eq!(fit_scale(&[], 1, &[], 1, &[], 30.0), Err(CalibrateError::Empty));
+        assert!(matches!(
+            fit_scale(&[1.0], 1, &[f64::NAN], 1, &[0], 30.0),
+            Err(CalibrateError::NonFinite { what: "new", row: 0 })
+        ));
+        assert!(matches!(
+            fit_scale(&[1.0], 1, &[1.0], 1, &[2], 30.0),
+            Err(CalibrateError::Target {
+                row: 0,
+                target: 2,
+                cols: 2
+            })
+        ));
+        assert_eq!(
+            fit_scale(&[1.0], 1, &[1.0], 1, &[0], 0.0),
+            Err(CalibrateError::MaxLogit(0.0))
+        );
     }
 }
