@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Side-by-side throughput: `headstart bench` against numpy's `G += X.T @ X`.
 
-Every configuration is run `--repeats` times, interleaved (headstart with one reducer and
-with one reducer shard per CPU, numpy with one BLAS thread, with all BLAS threads, and with
-class sums, then the next configuration), each in its own process
-with its own batch pool larger than the last-level cache; the table shows medians, the
-spread (min..max) and the ratios of medians.
+Every configuration is run `--repeats` times, interleaved, each in its own process with its
+own batch pool larger than the last-level cache; the tables show medians, the spread
+(min..max) and the ratios of medians. Sections:
+
+- update: `headstart bench` with no thread flags (every core) against numpy with its default
+  BLAS threads, and `bench --direct --threads 1` (one thread in all, layout included) against
+  numpy with one thread;
+- python: `headstart.Stats.update` (default threads) against numpy's `G += X.T @ X` on the
+  same C-contiguous batches, in the same process (needs the headstart package);
+- busy: the update and python defaults again while a busy loop holds one core;
+- pipeline, solve, memory: the pipeline's overhead, solve latency, peak memory.
 
 Usage (from the repository root, after `cargo build --release`):
 
@@ -103,6 +109,35 @@ def numpy_worker(spec):
     print(json.dumps({"throughput": batches * b / elapsed, "kernel": kernel}))
 
 
+def python_worker(spec):
+    """Child process: headstart.Stats.update and numpy's G += X.T @ X on the same float32
+    batches, interleaved batch pools of the same size; prints JSON."""
+    import numpy as np
+
+    import headstart
+
+    d, b, n, classes = spec["dim"], spec["batch"], spec["samples"], spec["classes"]
+    count = max(1, int(-(-spec["pool_bytes"] // (b * d * 4 + b * 8))))
+    rng = np.random.default_rng(spec["seed"])
+    pool = [((rng.random((b, d), dtype=np.float32) * 2 - 1), rng.integers(0, classes, b)) for _ in range(count)]
+    exact = spec["precision"] == "exact"
+    numpy_pool = [(x.astype(np.float64) if exact else x) for x, _ in pool]
+    batches = -(-n // b)
+    stats = headstart.Stats(d, precision=spec["precision"])
+    start = time.perf_counter()
+    for i in range(batches):
+        x, y = pool[i % count]
+        stats.update(x, y)
+    hs = batches * b / (time.perf_counter() - start)
+    g = np.zeros((d, d), dtype=np.float64 if exact else np.float32)
+    start = time.perf_counter()
+    for i in range(batches):
+        x = numpy_pool[i % count]
+        g += x.T @ x
+    npy = batches * b / (time.perf_counter() - start)
+    print(json.dumps({"headstart": hs, "numpy": npy}))
+
+
 def solve_worker(spec):
     """Child process: median of scipy cho_factor + cho_solve on a d×d SPD matrix, C columns."""
     import numpy as np
@@ -174,12 +209,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0, help="target length of one run")
     parser.add_argument("--dims", default="384,768,2048")
     parser.add_argument("--small-batch", type=int, default=256)
-    parser.add_argument("--sections", default="update,pipeline,solve,memory")
+    parser.add_argument("--sections", default="update,python,busy,pipeline,solve,memory")
     parser.add_argument("--pool-mib", type=float, default=None, help="default: 1.25 x last-level cache")
     args = parser.parse_args()
     if args.worker:
         kind, spec = args.worker
-        {"update": numpy_worker, "solve": solve_worker}[kind](json.loads(spec))
+        {"update": numpy_worker, "python": python_worker, "solve": solve_worker}[kind](json.loads(spec))
         return
 
     if not os.path.exists(args.binary):
@@ -203,61 +238,113 @@ def main():
             configs.append(("fast", "f32", d, 4096))
         for d in dims:
             configs.append(("exact", "f64", d, args.small_batch))
-        results = {c: {"hs": [], "hsk": [], "np1": [], "npk": [], "np1s": []} for c in configs}
+        results = {c: {"hs": [], "hs1": [], "np1": [], "npk": [], "np1s": []} for c in configs}
         kernel = None
         for rep in range(args.repeats):
             for cfg in configs:
                 precision, dtype, d, b = cfg
                 n = samples_for(d, b, args.seconds)
                 pool_mib = pool_bytes / MIB
-                r = headstart(
-                    args.binary,
-                    ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib],
-                )
+                common = ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib]
+                r = headstart(args.binary, common)
                 results[cfg]["hs"].append(r["throughput"])
-                rk = headstart(
-                    args.binary,
-                    ["--dim", d, "--batch", b, "--samples", n, "--precision", precision, "--pool-mib", pool_mib,
-                     "--producers", threads, "--reducers", threads],
-                )
-                results[cfg]["hsk"].append(rk["throughput"])
+                r1 = headstart(args.binary, common + ["--direct", "--threads", 1])
+                results[cfg]["hs1"].append(r1["throughput"])
                 spec = dict(dim=d, batch=b, samples=n, classes=100, dtype=dtype, seed=rep, pool_bytes=pool_bytes)
                 one = child("update", dict(spec, with_sums=False), 1)
-                kernel = one["kernel"]
                 results[cfg]["np1"].append(one["throughput"])
-                results[cfg]["npk"].append(child("update", dict(spec, with_sums=False), threads)["throughput"])
+                full = child("update", dict(spec, with_sums=False), threads)
+                kernel = full["kernel"]
+                results[cfg]["npk"].append(full["throughput"])
                 results[cfg]["np1s"].append(child("update", dict(spec, with_sums=True), 1)["throughput"])
                 print(f"  run {rep + 1}/{args.repeats} {precision:5} d={d:4} B={b:4}: headstart {r['throughput'] / 1e3:.1f}k/s, "
-                      f"numpy 1T {one['throughput'] / 1e3:.1f}k/s", file=sys.stderr)
+                      f"numpy {threads}T {full['throughput'] / 1e3:.1f}k/s", file=sys.stderr)
         print(f"numpy kernel (threadpoolctl): {kernel}")
-        print("\n## Update throughput (samples/s, f32 batches through the whole pipeline)\n")
-        print(f"headstart 1R: 1 producer, 1 reducer. headstart {threads}R: {threads} producers, {threads} reducer shards "
-              f"merged at the end. numpy: `G += X.T @ X` on {'{'}float64|float32{'}'} batches, 1 or {threads} BLAS threads; "
+        print("\n## Update throughput (samples/s, f32 batches)\n")
+        print(f"headstart default: `headstart bench` with no thread flags (1 producer, 1 reducer whose product runs on "
+              f"every core: {threads} threads). headstart 1T: `--direct --threads 1`, the layout and the product on one "
+              f"thread. numpy: `G += X.T @ X` on {'{'}float64|float32{'}'} batches, its default {threads} BLAS threads or 1; "
               "+sums adds per-class sums (argsort + reduceat).\n")
-        print(f"| mode | numpy dtype | d | B | headstart 1R | numpy 1T | numpy 1T +sums | headstart {threads}R | numpy {threads}T "
-              f"| 1R / 1T | {threads}R / {threads}T |")
+        print(f"| mode | numpy dtype | d | B | headstart default | numpy {threads}T | default / {threads}T "
+              "| headstart 1T | numpy 1T | numpy 1T +sums | 1T / 1T |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for cfg in configs:
             precision, dtype, d, b = cfg
             r = results[cfg]
-            hs, hk, n1, nk = (statistics.median(r[k]) for k in ("hs", "hsk", "np1", "npk"))
-            print(f"| {precision} | {dtype} | {d} | {b} | {fmt_rate(r['hs'])} | {fmt_rate(r['np1'])} | "
-                  f"{fmt_rate(r['np1s'])} | {fmt_rate(r['hsk'])} | {fmt_rate(r['npk'])} | "
-                  f"{hs / n1:.2f}x | {hk / nk:.2f}x |")
+            hs, h1, n1, nk = (statistics.median(r[k]) for k in ("hs", "hs1", "np1", "npk"))
+            print(f"| {precision} | {dtype} | {d} | {b} | {fmt_rate(r['hs'])} | {fmt_rate(r['npk'])} | {hs / nk:.2f}x | "
+                  f"{fmt_rate(r['hs1'])} | {fmt_rate(r['np1'])} | {fmt_rate(r['np1s'])} | {h1 / n1:.2f}x |")
+        sys.stdout.flush()
+
+    if "python" in sections:
+        print(f"\n## Python `Stats.update` against numpy in one process (samples/s, B=4096, float32 C-contiguous batches)\n")
+        print(f"numpy gets float64 copies of the batches for `exact` (converted before the clock starts) and the float32 "
+              f"batches for `fast`; both with its default {threads} BLAS threads.\n")
+        print(f"| mode | d | headstart.Stats.update | numpy {threads}T | ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for precision in ("exact", "fast"):
+            for d in dims:
+                hs, nps = [], []
+                n = samples_for(d, 4096, args.seconds)
+                for rep in range(args.repeats):
+                    spec = dict(dim=d, batch=4096, samples=n, classes=100, precision=precision, seed=rep,
+                                pool_bytes=pool_bytes)
+                    out = child("python", spec, threads)
+                    hs.append(out["headstart"])
+                    nps.append(out["numpy"])
+                print(f"| {precision} | {d} | {fmt_rate(hs)} | {fmt_rate(nps)} | "
+                      f"{statistics.median(hs) / statistics.median(nps):.2f}x |")
+                sys.stdout.flush()
+
+    if "busy" in sections:
+        d = 768
+        n = samples_for(d, 4096, args.seconds)
+        print(f"\n## With a busy loop holding one core (d={d}, B=4096, exact, samples/s)\n")
+        print("| path | quiet | busy | busy / quiet |")
+        print("|---|---:|---:|---:|")
+        rows = {"headstart bench (default)": ([], []), f"numpy {threads}T (float64)": ([], []),
+                "headstart.Stats.update (default)": ([], []), f"numpy {threads}T in the same process": ([], [])}
+        names = list(rows)
+        for rep in range(args.repeats):
+            for busy in (False, True):
+                hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+                try:
+                    time.sleep(0.2 if busy else 0)
+                    k = 1 if busy else 0
+                    rows[names[0]][k].append(headstart(args.binary, ["--dim", d, "--samples", n, "--pool-mib", pool_bytes / MIB])["throughput"])
+                    spec = dict(dim=d, batch=4096, samples=n, classes=100, dtype="f64", seed=rep, pool_bytes=pool_bytes)
+                    rows[names[1]][k].append(child("update", dict(spec, with_sums=False), threads)["throughput"])
+                    out = child("python", dict(dim=d, batch=4096, samples=n, classes=100, precision="exact", seed=rep,
+                                               pool_bytes=pool_bytes), threads)
+                    rows[names[2]][k].append(out["headstart"])
+                    rows[names[3]][k].append(out["numpy"])
+                finally:
+                    if hog:
+                        hog.kill()
+                        hog.wait()
+        for name, (quiet, busy) in rows.items():
+            print(f"| {name} | {fmt_rate(quiet)} | {fmt_rate(busy)} | {statistics.median(busy) / statistics.median(quiet):.2f} |")
         sys.stdout.flush()
 
     if "pipeline" in sections:
         d = 768
         n = samples_for(d, 4096, args.seconds)
         common = ["--dim", d, "--samples", n, "--pool-mib", pool_bytes / MIB]
-        runs = {"direct (Stats::update on one thread)": [], "pipeline, 1 producer": [], "pipeline, 2 producers": [],
-                "pipeline, 2 producers, 2 reducer shards": []}
+        runs = {
+            "direct, 1 thread (Stats::update)": ["--direct", "--threads", 1],
+            "direct, every core": ["--direct"],
+            "pipeline, 1 producer (the default)": [],
+            "pipeline, 2 producers": ["--producers", 2],
+            "pipeline, 2 producers, 2 reducer shards": ["--producers", 2, "--reducers", 2],
+        }
+        runs = {name: (extra, []) for name, extra in runs.items()}
         for _ in range(args.repeats):
-            for name, extra in zip(runs, (["--direct"], [], ["--producers", 2], ["--producers", 2, "--reducers", 2])):
-                runs[name].append(headstart(args.binary, common + extra)["throughput"])
-        base = statistics.median(runs["direct (Stats::update on one thread)"])
+            for name, (extra, values) in runs.items():
+                values.append(headstart(args.binary, common + extra)["throughput"])
+        base = statistics.median(runs["direct, 1 thread (Stats::update)"][1])
+        runs = {name: values for name, (_, values) in runs.items()}
         print(f"\n## Pipeline overhead (d={d}, B=4096, exact, samples/s)\n")
-        print("| path | samples/s | vs direct |")
+        print("| path | samples/s | vs direct, 1 thread |")
         print("|---|---:|---:|")
         for name, values in runs.items():
             print(f"| {name} | {fmt_rate(values)} | {statistics.median(values) / base:.3f} |")

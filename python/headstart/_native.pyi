@@ -13,8 +13,11 @@ _Path = Union[str, PathLike[str]]
 class Stats:
     """Streaming sufficient statistics for least-squares heads (float64, exact, mergeable)."""
 
-    def __init__(self, dim: int, precision: str = "exact") -> None:
-        """A state for `dim` features; `precision="fast"` computes batch products in float32."""
+    def __init__(self, dim: int, precision: str = "exact", threads: Optional[int] = None) -> None:
+        """A state for `dim` features; `precision="fast"` computes batch products in float32;
+        `threads` computes them on that many threads (None or 0: every available core)."""
+    threads: int
+    """Threads computing each batch's product (settable; 0 means every available core)."""
     def update(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Adds (B, d) float32/float64 features and (B,) integer labels; ValueError on bad input, with no change."""
     def retract(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:

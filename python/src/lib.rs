@@ -138,8 +138,9 @@ fn labels_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, i6
 /// Streaming sufficient statistics for least-squares heads: sample count, Gram matrix,
 /// class sums and counts (f64), for a feature dimension fixed at creation.
 ///
-/// `Stats(dim, precision="exact")`; `precision="fast"` computes each batch's product in
-/// float32 (totals stay float64).
+/// `Stats(dim, precision="exact", threads=None)`; `precision="fast"` computes each batch's
+/// product in float32 (totals stay float64); `threads` computes it on that many threads
+/// (None or 0: every available core).
 #[pyclass(name = "Stats", module = "headstart")]
 struct PyStats {
     inner: CoreStats,
@@ -229,8 +230,8 @@ impl PyStats {
 #[pymethods]
 impl PyStats {
     #[new]
-    #[pyo3(signature = (dim, precision = "exact"))]
-    fn new(dim: usize, precision: &str) -> PyResult<Self> {
+    #[pyo3(signature = (dim, precision = "exact", threads = None))]
+    fn new(dim: usize, precision: &str, threads: Option<usize>) -> PyResult<Self> {
         if dim == 0 || dim > headstart::stats::MAX_DIM {
             return Err(value_error(format!(
                 "dim must lie in 1..={}, got {dim}",
@@ -238,7 +239,8 @@ impl PyStats {
             )));
         }
         let precision: Precision = precision.parse().map_err(value_error)?;
-        Ok(PyStats::wrap(CoreStats::with_precision(dim, precision)))
+        let stats = CoreStats::with_precision(dim, precision).with_threads(threads.unwrap_or(0));
+        Ok(PyStats::wrap(stats))
     }
 
     /// Adds a batch: `features` (B, d) float32/float64, `labels` (B,) integers. Arrays that are
@@ -309,6 +311,17 @@ impl PyStats {
     #[getter]
     fn precision(&self) -> String {
         self.inner.precision().to_string()
+    }
+
+    /// Threads computing each batch's product (settable; 0 means every available core).
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.threads()
+    }
+
+    #[setter]
+    fn set_threads(&mut self, threads: usize) {
+        self.inner.set_threads(threads);
     }
 
     /// Class ids seen, ascending.

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// merged at the end (exact: the statistics are sums). Producer k feeds shard k mod R.
     #[arg(long, default_value_t = 1)]
     reducers: usize,
+    /// Threads computing the products in all (0: every available core), shared among the
+    /// reducers (each gets at least one).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// exact (f64 products) or fast (f32 products, f64 totals).
     #[arg(long, default_value = "exact")]
     precision: Precision,
@@ -119,13 +123,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let pool = generate_pool(&args, batches);
     println!(
-        "headstart bench: d={} B={} C={} N={} producers={} reducers={} precision={} input={} {}",
+        "headstart bench: d={} B={} C={} N={} producers={} reducers={} threads={} precision={} input={} {}",
         args.dim,
         args.batch,
         args.classes,
         args.samples,
         args.producers,
         args.reducers,
+        if args.threads == 0 {
+            headstart::stats::default_threads()
+        } else {
+            args.threads
+        },
         args.precision,
         if args.input == Input::F32 { "f32" } else { "f64" },
         if args.direct { "direct" } else { "pipeline" },
@@ -139,7 +148,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let total_batches = args.samples.div_ceil(args.batch as u64);
     let progress = progress_bar(total_batches * args.batch as u64, "samples");
-    let stats = Stats::with_precision(args.dim, args.precision);
+    let total_threads = if args.threads == 0 {
+        headstart::stats::default_threads()
+    } else {
+        args.threads
+    };
+    let per_reducer = if args.direct {
+        total_threads
+    } else {
+        (total_threads / args.reducers).max(1)
+    };
+    let stats = Stats::with_precision(args.dim, args.precision).with_threads(per_reducer);
     let (elapsed, stats) = if args.direct {
         stream_direct(stats, &pool, total_batches, &progress)?
     } else {
@@ -195,13 +214,13 @@ fn stream_pipeline(
     reducers: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Duration, Stats)> {
-    let (dim, precision) = (stats.dim(), stats.precision());
+    let (dim, precision, threads) = (stats.dim(), stats.precision(), stats.threads());
     let mut initial = Some(stats);
     let shards: Vec<_> = (0..reducers)
         .map(|_| {
             let state = initial
                 .take()
-                .unwrap_or_else(|| Stats::with_precision(dim, precision));
+                .unwrap_or_else(|| Stats::with_precision(dim, precision).with_threads(threads));
             pipeline::spawn(state, producers.div_ceil(reducers))
         })
         .collect();

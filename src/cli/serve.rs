@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Close a connection silent for this many seconds.
     #[arg(long, default_value_t = 60.0)]
     idle_timeout: f64,
+    /// Threads computing each batch's product (0: every available core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Connections served at once.
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
@@ -57,7 +60,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .listen
         .parse()
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
-    let state = if args.state.exists() {
+    let mut state = if args.state.exists() {
         let s = snapshot::read(&args.state)?;
         if let Some(d) = args.dim.filter(|&d| d != s.dim()) {
             bail!("--dim {d} but {} has dimension {}", args.state.display(), s.dim());
@@ -79,6 +82,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
         }
     };
+    state.set_threads(args.threads);
     let mut config = ServerConfig::new(args.state.clone());
     config.limits = Limits {
         max_frame_bytes: args.max_frame_bytes,

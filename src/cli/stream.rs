@@ -40,6 +40,9 @@ pub struct StreamArgs {
     /// exact (each batch's product in f64) or fast (in f32, totals in f64; see docs/math.md).
     #[arg(long, default_value = "exact")]
     pub precision: Precision,
+    /// Threads computing each batch's product (0: every available core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 impl StreamArgs {
@@ -50,6 +53,7 @@ impl StreamArgs {
             producers: self.producers,
             split,
             precision: self.precision,
+            threads: self.threads,
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct StreamConfig {
     pub producers: usize,
     pub split: Option<Split>,
     pub precision: Precision,
+    pub threads: usize,
 }
 
 pub struct Streamed {
@@ -95,7 +100,7 @@ pub fn stream_files(features: &Path, labels: &Path, config: &StreamConfig) -> an
     drop(x);
 
     let capacity = 2 * config.producers;
-    let state = || Stats::with_precision(dim, config.precision);
+    let state = || Stats::with_precision(dim, config.precision).with_threads(config.threads);
     let (train_tx, train_reducer) = pipeline::spawn(state(), capacity);
     let val = config.split.map(|_| pipeline::spawn(state(), capacity));
     let (val_tx, val_reducer) = match val {

@@ -1,7 +1,9 @@
 //! The rank-B Gram update G ± XᵀX, in the two precisions.
 //!
-//! Both paths are one triangular matrix product per batch (faer, lower triangle only, on
-//! the calling thread): never a loop over samples.
+//! Both paths are one triangular matrix product per batch (faer, lower triangle only): never
+//! a loop over samples. The product runs on the state's [`threads`](super::Stats::threads)
+//! (faer's rayon parallelism, which splits the output's blocks among threads that steal work,
+//! so a core taken by another process slows the product by its share only).
 
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, Mat, MatRef, Par};
@@ -123,6 +125,7 @@ impl Prepared {
         labels: &[i64],
         dim: usize,
         precision: Precision,
+        threads: usize,
     ) {
         let rows = labels.len();
         self.dim = dim;
@@ -168,7 +171,7 @@ impl Prepared {
             self.shift
                 .extend(self.sum.iter().map(|s| f64::from((s / rows as f64) as f32)));
             let shift = &self.shift;
-            let largest = transpose_chunks(&mut self.narrow, features, dim, |v, j| {
+            let largest = transpose_chunks(&mut self.narrow, features, dim, threads, |v, j| {
                 (v.to_f64() - shift[j]) as f32
             });
             // Every partial sum of the f32 product is at most rows · max|z|²: keep it well
@@ -183,10 +186,10 @@ impl Prepared {
         }
         match self.layout {
             Layout::Wide => {
-                transpose_chunks(&mut self.wide, features, dim, |v, _| v.to_f64());
+                transpose_chunks(&mut self.wide, features, dim, threads, |v, _| v.to_f64());
             }
             Layout::Exact32 => {
-                transpose_chunks(&mut self.narrow, features, dim, |v, _| v.to_f32());
+                transpose_chunks(&mut self.narrow, features, dim, threads, |v, _| v.to_f32());
             }
             Layout::Shifted32 => {}
         }
@@ -195,7 +198,7 @@ impl Prepared {
     /// `m ± this batch`: the Gram product (in the prepared precision; `product` is the fast
     /// path's f32 scratch), the count, the sums and the class sums and counts. For removal the
     /// counts were checked.
-    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch) {
+    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch, par: Par) {
         let dim = self.dim;
         if self.rows == 0 {
             return;
@@ -207,7 +210,7 @@ impl Prepared {
             }
             let mut accum = Accum::Replace;
             for chunk in self.narrow.chunks(CHUNK_ROWS * dim) {
-                syrk(product.as_mut(), chunk, dim, accum, 1.0);
+                syrk(product.as_mut(), chunk, dim, accum, 1.0, par);
                 accum = Accum::Add;
             }
             let b = self.rows as f64;
@@ -226,11 +229,11 @@ impl Prepared {
                 // A sequential, exact widening of a chunk that is in cache already.
                 scratch.wide.clear();
                 scratch.wide.extend(chunk.iter().map(|&v| f64::from(v)));
-                syrk(m.gram.as_mut(), &scratch.wide, dim, Accum::Add, sign);
+                syrk(m.gram.as_mut(), &scratch.wide, dim, Accum::Add, sign, par);
             }
         } else {
             for chunk in self.wide.chunks(CHUNK_ROWS * dim) {
-                syrk(m.gram.as_mut(), chunk, dim, Accum::Add, sign);
+                syrk(m.gram.as_mut(), chunk, dim, Accum::Add, sign, par);
             }
         }
         if sign > 0.0 {
@@ -304,23 +307,21 @@ impl std::fmt::Debug for Scratch {
 /// Writes the row-major rows into `out` as column-major chunks of `CHUNK_ROWS` rows (the
 /// last one shorter), converting each value with `convert(value, column)`; returns the
 /// largest magnitude written.
-fn transpose_chunks<T: Feature, U: Copy + Default + Magnitude>(
+fn transpose_chunks<T: Feature, U: Copy + Default + Magnitude + Send>(
     out: &mut Vec<U>,
     features: &[T],
     dim: usize,
-    convert: impl Fn(T, usize) -> U,
+    threads: usize,
+    convert: impl Fn(T, usize) -> U + Sync,
 ) -> U {
     // Every slot is overwritten below; only a change of length needs a resize.
     if out.len() != features.len() {
         out.clear();
         out.resize(features.len(), U::default());
     }
-    let mut largest = U::default();
-    for (chunk, dst) in features
-        .chunks(CHUNK_ROWS * dim)
-        .zip(out.chunks_mut(CHUNK_ROWS * dim))
-    {
+    let transpose = |(chunk, dst): (&[T], &mut [U])| {
         let rows = chunk.len() / dim;
+        let mut largest = U::default();
         // Column by column: the chunk's rows (at most CHUNK_ROWS cache lines per column) stay
         // in cache across the next columns, so each input line is fetched once.
         for (j, column) in dst.chunks_exact_mut(rows).enumerate() {
@@ -329,8 +330,23 @@ fn transpose_chunks<T: Feature, U: Copy + Default + Magnitude>(
                 largest = largest.max_magnitude(*slot);
             }
         }
+        largest
+    };
+    let width = CHUNK_ROWS * dim;
+    if threads > 1 && features.len() > width {
+        use rayon::prelude::*;
+        features
+            .par_chunks(width)
+            .zip(out.par_chunks_mut(width))
+            .map(transpose)
+            .reduce(U::default, |a, b| a.max_magnitude(b))
+    } else {
+        features
+            .chunks(width)
+            .zip(out.chunks_mut(width))
+            .map(transpose)
+            .fold(U::default(), |a, b| a.max_magnitude(b))
     }
-    largest
 }
 
 /// The running maximum of |x| (f32: for the overflow check; f64: not needed, kept cheap).
@@ -359,6 +375,7 @@ fn syrk<T: faer::traits::ComplexField + Copy>(
     dim: usize,
     accum: Accum,
     alpha: T,
+    par: Par,
 ) {
     let rows = MatRef::from_column_major_slice(x, x.len() / dim, dim);
     matmul(
@@ -370,6 +387,6 @@ fn syrk<T: faer::traits::ComplexField + Copy>(
         rows,
         BlockStructure::Rectangular,
         alpha,
-        Par::Seq,
+        par,
     );
 }

@@ -30,6 +30,17 @@ use gram::Scratch;
 /// error rather than attempted.
 pub const MAX_DIM: usize = 1 << 16;
 
+/// The threads a [`Stats`] uses for its products unless told otherwise: the available
+/// parallelism of this process (its CPU affinity and cgroup quota included), at least 1.
+///
+/// # Examples
+/// ```
+/// assert!(headstart::stats::default_threads() >= 1);
+/// ```
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Source of state versions, unique across all [`Stats`] values in the process.
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
@@ -284,6 +295,8 @@ pub struct Stats {
     tasks_begun: u64,
     version: u64,
     precision: Precision,
+    /// Threads for each batch's product (not part of the statistics).
+    threads: usize,
     scratch: Scratch,
 }
 
@@ -343,6 +356,7 @@ impl Stats {
             tasks_begun: 0,
             version: next_version(),
             precision,
+            threads: default_threads(),
             scratch: Scratch::default(),
         }
     }
@@ -358,6 +372,47 @@ impl Stats {
     /// batch's rounding difference behind.
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
+    }
+
+    /// Threads that compute each batch's product: by default every core the process may use
+    /// ([`default_threads`]).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Sets the threads of later products; 0 means [`default_threads`]. The statistics do
+    /// not depend on it beyond f64 rounding.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut s = headstart::stats::Stats::new(4);
+    /// s.set_threads(1);
+    /// assert_eq!(s.threads(), 1);
+    /// s.set_threads(0);
+    /// assert_eq!(s.threads(), headstart::stats::default_threads());
+    /// ```
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = if threads == 0 { default_threads() } else { threads };
+    }
+
+    /// The state with [`set_threads`](Stats::set_threads) applied, for chaining.
+    ///
+    /// # Examples
+    /// ```
+    /// let s = headstart::stats::Stats::new(4).with_threads(2);
+    /// assert_eq!(s.threads(), 2);
+    /// ```
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.set_threads(threads);
+        self
+    }
+
+    fn par(&self) -> faer::Par {
+        if self.threads > 1 {
+            faer::Par::rayon(self.threads)
+        } else {
+            faer::Par::Seq
+        }
     }
 
     /// The feature dimension d.
@@ -460,7 +515,7 @@ impl Stats {
             return;
         }
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
-        prepared.fill(features, labels, self.dim, self.precision);
+        prepared.fill(features, labels, self.dim, self.precision, self.threads);
         self.apply(&prepared);
         self.scratch.prepared = prepared;
     }
@@ -470,8 +525,8 @@ impl Stats {
     pub(crate) fn prepare(batch: &Batch, dim: usize, precision: Precision) -> Prepared {
         let mut prepared = Prepared::default();
         match &batch.features {
-            Features::F32(v) => prepared.fill(v, &batch.labels, dim, precision),
-            Features::F64(v) => prepared.fill(v, &batch.labels, dim, precision),
+            Features::F32(v) => prepared.fill(v, &batch.labels, dim, precision, 1),
+            Features::F64(v) => prepared.fill(v, &batch.labels, dim, precision, 1),
         }
         prepared
     }
@@ -481,7 +536,8 @@ impl Stats {
         if prepared.rows() == 0 {
             return;
         }
-        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product);
+        let par = self.par();
+        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product, par);
         self.version = next_version();
     }
 
@@ -536,8 +592,9 @@ impl Stats {
             return Ok(());
         }
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
-        prepared.fill(features, labels, self.dim, self.precision);
-        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product);
+        prepared.fill(features, labels, self.dim, self.precision, self.threads);
+        let par = self.par();
+        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, par);
         self.scratch.prepared = prepared;
         self.task.classes.retain(|_, c| c.count > 0);
         if self.task.n == 0 {
@@ -670,6 +727,7 @@ impl Stats {
             tasks_begun: parts.tasks_begun,
             version: next_version(),
             precision: Precision::Exact,
+            threads: default_threads(),
             scratch: Scratch::default(),
         })
     }
