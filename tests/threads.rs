@@ -73,3 +73,19 @@ fn zero_threads_means_every_available_core() {
     s.set_threads(0);
     assert_eq!(s.threads(), default_threads());
 }
+
+#[test]
+fn a_retraction_on_several_threads_removes_exactly_its_batch() {
+    let d = 96;
+    let (x, y) = labelled_data(5, 3000, d, &[1, 2]);
+    let keep = 1800 * d;
+    for threads in [1, 2, 4] {
+        let mut s = Stats::new(d).with_threads(threads);
+        s.update(&x[..keep], &y[..1800]).unwrap();
+        s.update(&x[keep..], &y[1800..]).unwrap();
+        s.retract(&x[keep..], &y[1800..]).unwrap();
+        let err = rel_err(&lower(&s), &brute_gram(&x[..keep], d));
+        assert!(err < 1e-12, "threads={threads}: {err}");
+        assert_eq!(s.samples(), 1800);
+    }
+}

@@ -6,6 +6,8 @@
 //! so a core taken by another process slows the product by its share only).
 
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use faer::{Accum, Mat, MatRef, Par};
 
 use super::{ClassMoments, Feature, Moments};
@@ -195,45 +197,108 @@ impl Prepared {
         }
     }
 
-    /// `m ± this batch`: the Gram product (in the prepared precision; `product` is the fast
-    /// path's f32 scratch), the count, the sums and the class sums and counts. For removal the
-    /// counts were checked.
-    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch, par: Par) {
+    /// `m ± this batch`: the Gram product (in the prepared precision), the count, the sums and
+    /// the class sums and counts. For removal the counts were checked.
+    ///
+    /// The product is split into chunks of `CHUNK_ROWS` rows that up to `threads` workers take
+    /// one at a time (a worker slowed by another process simply takes fewer), each into its own
+    /// accumulator; worker 0 adds straight into the Gram, the others' sums are added after. A
+    /// batch of one chunk uses faer's parallel product instead.
+    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch, threads: usize) {
         let dim = self.dim;
         if self.rows == 0 {
             return;
         }
-        let product = &mut scratch.product;
+        let chunks = self.rows.div_ceil(CHUNK_ROWS);
+        let workers = threads.clamp(1, chunks);
+        let par = if workers == 1 && threads > 1 {
+            Par::rayon(threads)
+        } else {
+            Par::Seq
+        };
+        scratch.ensure(workers, dim, self.layout == Layout::Shifted32);
+        let width = CHUNK_ROWS * dim;
+        let next = AtomicUsize::new(0);
         if self.layout == Layout::Shifted32 {
-            if product.nrows() != dim {
-                *product = Mat::zeros(dim, dim);
-            }
-            let mut accum = Accum::Replace;
-            for chunk in self.narrow.chunks(CHUNK_ROWS * dim) {
-                syrk(product.as_mut(), chunk, dim, accum, 1.0, par);
-                accum = Accum::Add;
-            }
+            // Every worker sums f32 products; the f64 totals take their sum and the shift.
+            let accumulators: Vec<(&mut Mat<f32>, &mut bool)> = scratch
+                .workers
+                .iter_mut()
+                .take(workers)
+                .map(|w| (&mut w.product, &mut w.used))
+                .collect();
+            run_workers(accumulators, |(product, used)| {
+                while let Some(k) = take(&next, chunks) {
+                    let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
+                    let accum = if *used { Accum::Add } else { Accum::Replace };
+                    syrk(product.as_mut(), chunk, dim, accum, 1.0, par);
+                    *used = true;
+                }
+            });
             let b = self.rows as f64;
+            let used: Vec<&Mat<f32>> = scratch
+                .workers
+                .iter()
+                .take(workers)
+                .filter(|w| w.used)
+                .map(|w| &w.product)
+                .collect();
             for j in 0..dim {
-                let src = &product.col_as_slice(j)[j..];
                 let dst = &mut m.gram.col_as_slice_mut(j)[j..];
                 let (mj, sj) = (self.shift[j], self.sum[j]);
-                for (k, (d, &z)) in dst.iter_mut().zip(src).enumerate() {
+                for (k, d) in dst.iter_mut().enumerate() {
                     let i = j + k;
+                    let z: f64 = used.iter().map(|p| f64::from(p.col_as_slice(j)[i])).sum();
                     let (mi, si) = (self.shift[i], self.sum[i]);
-                    *d += sign * (f64::from(z) + mi * sj + si * mj - b * mi * mj);
+                    *d += sign * (z + mi * sj + si * mj - b * mi * mj);
                 }
             }
-        } else if self.layout == Layout::Exact32 {
-            for chunk in self.narrow.chunks(CHUNK_ROWS * dim) {
-                // A sequential, exact widening of a chunk that is in cache already.
-                scratch.wide.clear();
-                scratch.wide.extend(chunk.iter().map(|&v| f64::from(v)));
-                syrk(m.gram.as_mut(), &scratch.wide, dim, Accum::Add, sign, par);
-            }
         } else {
-            for chunk in self.wide.chunks(CHUNK_ROWS * dim) {
-                syrk(m.gram.as_mut(), chunk, dim, Accum::Add, sign, par);
+            let exact32 = self.layout == Layout::Exact32;
+            // Worker 0 adds ±XᵀX into the Gram itself; the others sum XᵀX on their own.
+            let (first, rest) = scratch.workers.split_at_mut(1);
+            // (accumulator, widening buffer, took a chunk, alpha, whether it starts empty)
+            type Worker<'a> = (faer::MatMut<'a, f64>, &'a mut Vec<f64>, &'a mut bool, f64, bool);
+            let mut accumulators: Vec<Worker<'_>> = vec![(
+                m.gram.as_mut(),
+                &mut first[0].wide,
+                &mut first[0].used,
+                sign,
+                false,
+            )];
+            accumulators.extend(
+                rest.iter_mut()
+                    .take(workers - 1)
+                    .map(|w| (w.gram.as_mut(), &mut w.wide, &mut w.used, 1.0, true)),
+            );
+            run_workers(accumulators, |(mut gram, wide, used, alpha, starts_empty)| {
+                while let Some(k) = take(&next, chunks) {
+                    let accum = if starts_empty && !*used {
+                        Accum::Replace
+                    } else {
+                        Accum::Add
+                    };
+                    if exact32 {
+                        // A sequential, exact widening of a chunk about to be multiplied.
+                        let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
+                        wide.clear();
+                        wide.extend(chunk.iter().map(|&v| f64::from(v)));
+                        syrk(gram.as_mut(), wide, dim, accum, alpha, par);
+                    } else {
+                        let chunk = &self.wide[k * width..((k + 1) * width).min(self.wide.len())];
+                        syrk(gram.as_mut(), chunk, dim, accum, alpha, par);
+                    }
+                    *used = true;
+                }
+            });
+            for w in scratch.workers.iter().take(workers).skip(1).filter(|w| w.used) {
+                for j in 0..dim {
+                    let src = &w.gram.col_as_slice(j)[j..];
+                    let dst = &mut m.gram.col_as_slice_mut(j)[j..];
+                    for (d, &z) in dst.iter_mut().zip(src) {
+                        *d += sign * z;
+                    }
+                }
             }
         }
         if sign > 0.0 {
@@ -269,26 +334,73 @@ impl Prepared {
 /// Reusable buffers of a [`Stats`](super::Stats): the prepared batch of a direct update and
 /// the reducer's product buffers, so that a stream of batches allocates nothing per batch.
 /// Cloning gives empty buffers: they hold no state.
+#[derive(Default)]
 pub(crate) struct Scratch {
     pub(crate) prepared: Prepared,
     pub(crate) product: ProductScratch,
 }
 
-/// The reducer's buffers: the fast path's f32 product and a widened chunk.
+/// The product's buffers, one set per worker: its f32 product (fast path), its widened chunk
+/// (f32 input, exact path) and, for workers after the first, its own f64 Gram.
+#[derive(Default)]
 pub(crate) struct ProductScratch {
-    product: Mat<f32>,
-    wide: Vec<f64>,
+    workers: Vec<WorkerScratch>,
 }
 
-impl Default for Scratch {
+struct WorkerScratch {
+    gram: Mat<f64>,
+    product: Mat<f32>,
+    wide: Vec<f64>,
+    /// Whether this worker took a chunk of the current batch.
+    used: bool,
+}
+
+impl Default for WorkerScratch {
     fn default() -> Self {
-        Scratch {
-            prepared: Prepared::default(),
-            product: ProductScratch {
-                product: Mat::new(),
-                wide: Vec::new(),
-            },
+        WorkerScratch {
+            gram: Mat::new(),
+            product: Mat::new(),
+            wide: Vec::new(),
+            used: false,
         }
+    }
+}
+
+impl ProductScratch {
+    /// Buffers for `workers` workers at dimension `dim`; only the ones a path uses are sized.
+    fn ensure(&mut self, workers: usize, dim: usize, fast: bool) {
+        if self.workers.len() < workers {
+            self.workers.resize_with(workers, WorkerScratch::default);
+        }
+        for (k, w) in self.workers.iter_mut().take(workers).enumerate() {
+            w.used = false;
+            if fast && w.product.nrows() != dim {
+                w.product = Mat::zeros(dim, dim);
+            }
+            if !fast && k > 0 && w.gram.nrows() != dim {
+                w.gram = Mat::zeros(dim, dim);
+            }
+        }
+    }
+}
+
+/// The next chunk index below `chunks`, or None when all are taken.
+fn take(next: &AtomicUsize, chunks: usize) -> Option<usize> {
+    let k = next.fetch_add(1, Ordering::Relaxed);
+    (k < chunks).then_some(k)
+}
+
+/// Runs `work` once per accumulator: inline for one, on rayon's pool for more.
+fn run_workers<A: Send>(accumulators: Vec<A>, work: impl Fn(A) + Sync) {
+    if accumulators.len() == 1 {
+        accumulators.into_iter().for_each(work);
+    } else {
+        let work = &work;
+        rayon::scope(|s| {
+            for a in accumulators {
+                s.spawn(move |_| work(a));
+            }
+        });
     }
 }
 

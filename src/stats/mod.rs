@@ -407,14 +407,6 @@ impl Stats {
         self
     }
 
-    fn par(&self) -> faer::Par {
-        if self.threads > 1 {
-            faer::Par::rayon(self.threads)
-        } else {
-            faer::Par::Seq
-        }
-    }
-
     /// The feature dimension d.
     pub fn dim(&self) -> usize {
         self.dim
@@ -536,8 +528,7 @@ impl Stats {
         if prepared.rows() == 0 {
             return;
         }
-        let par = self.par();
-        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product, par);
+        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product, self.threads);
         self.version = next_version();
     }
 
@@ -593,8 +584,7 @@ impl Stats {
         }
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
         prepared.fill(features, labels, self.dim, self.precision, self.threads);
-        let par = self.par();
-        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, par);
+        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
         self.scratch.prepared = prepared;
         self.task.classes.retain(|_, c| c.count > 0);
         if self.task.n == 0 {
