@@ -89,3 +89,17 @@ fn a_retraction_on_several_threads_removes_exactly_its_batch() {
         assert_eq!(s.samples(), 1800);
     }
 }
+
+#[test]
+fn a_state_built_on_several_threads_round_trips_through_its_parts() {
+    // Stats equality compares whole Gram matrices; parts keep the lower triangle only, so this
+    // fails if the workers' sums leave anything above the diagonal.
+    let d = 64;
+    let (x, y) = labelled_data(9, 2000, d, &[0, 1, 2]);
+    for precision in [Precision::Exact, Precision::Fast] {
+        let mut s = Stats::with_precision(d, precision).with_threads(3);
+        s.update(&x, &y).unwrap();
+        s.retract(&x[..600 * d], &y[..600]).unwrap();
+        assert_eq!(Stats::from_parts(s.to_parts()).unwrap(), s, "{precision}");
+    }
+}

@@ -130,11 +130,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.samples,
         args.producers,
         args.reducers,
-        if args.threads == 0 {
-            headstart::stats::default_threads()
-        } else {
-            args.threads
-        },
+        total_threads(&args),
         args.precision,
         if args.input == Input::F32 { "f32" } else { "f64" },
         if args.direct { "direct" } else { "pipeline" },
@@ -148,15 +144,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let total_batches = args.samples.div_ceil(args.batch as u64);
     let progress = progress_bar(total_batches * args.batch as u64, "samples");
-    let total_threads = if args.threads == 0 {
-        headstart::stats::default_threads()
-    } else {
-        args.threads
-    };
     let per_reducer = if args.direct {
-        total_threads
+        total_threads(&args)
     } else {
-        (total_threads / args.reducers).max(1)
+        (total_threads(&args) / args.reducers).max(1)
     };
     let stats = Stats::with_precision(args.dim, args.precision).with_threads(per_reducer);
     let (elapsed, stats) = if args.direct {
@@ -177,6 +168,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// `--threads`, with 0 meaning every available core.
+fn total_threads(args: &BenchArgs) -> usize {
+    match args.threads {
+        0 => headstart::stats::default_threads(),
+        n => n,
+    }
+}
 
 /// Seeded random batches (uniform in [−1, 1), uniform labels), generated in parallel; the
 /// content depends only on the seed and the batch index.

@@ -1,13 +1,13 @@
 //! The rank-B Gram update G ± XᵀX, in the two precisions.
 //!
-//! Both paths are one triangular matrix product per batch (faer, lower triangle only): never
-//! a loop over samples. The product runs on the state's [`threads`](super::Stats::threads)
-//! (faer's rayon parallelism, which splits the output's blocks among threads that steal work,
-//! so a core taken by another process slows the product by its share only).
+//! Both paths are triangular matrix products over 512-row chunks of each batch (faer, lower
+//! triangle only): never a loop over samples. The chunks are shared among the state's
+//! [`threads`](super::Stats::threads), each taking the next free one, so a core taken by
+//! another process slows the product by its share only.
 
-use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, Mat, MatRef, Par};
 
 use super::{ClassMoments, Feature, Moments};
@@ -236,21 +236,17 @@ impl Prepared {
                 }
             });
             let b = self.rows as f64;
-            let used: Vec<&Mat<f32>> = scratch
-                .workers
-                .iter()
-                .take(workers)
-                .filter(|w| w.used)
-                .map(|w| &w.product)
-                .collect();
             for j in 0..dim {
                 let dst = &mut m.gram.col_as_slice_mut(j)[j..];
                 let (mj, sj) = (self.shift[j], self.sum[j]);
                 for (k, d) in dst.iter_mut().enumerate() {
-                    let i = j + k;
-                    let z: f64 = used.iter().map(|p| f64::from(p.col_as_slice(j)[i])).sum();
-                    let (mi, si) = (self.shift[i], self.sum[i]);
-                    *d += sign * (z + mi * sj + si * mj - b * mi * mj);
+                    let (mi, si) = (self.shift[j + k], self.sum[j + k]);
+                    *d += sign * (mi * sj + si * mj - b * mi * mj);
+                }
+                for w in scratch.workers.iter().take(workers).filter(|w| w.used) {
+                    for (d, &z) in dst.iter_mut().zip(&w.product.col_as_slice(j)[j..]) {
+                        *d += sign * f64::from(z);
+                    }
                 }
             }
         } else {
@@ -292,12 +288,11 @@ impl Prepared {
                 }
             });
             for w in scratch.workers.iter().take(workers).skip(1).filter(|w| w.used) {
-                for j in 0..dim {
-                    let src = &w.gram.col_as_slice(j)[j..];
-                    let dst = &mut m.gram.col_as_slice_mut(j)[j..];
-                    for (d, &z) in dst.iter_mut().zip(src) {
-                        *d += sign * z;
-                    }
+                // Only the lower triangles were written; the upper ones stay zero.
+                if sign > 0.0 {
+                    m.gram += &w.gram;
+                } else {
+                    m.gram -= &w.gram;
                 }
             }
         }
