@@ -11,7 +11,11 @@ own batch pool larger than the last-level cache; the tables show medians, the sp
 - python: `headstart.Stats.update` (default threads) against numpy's `G += X.T @ X` on the
   same C-contiguous batches, in the same process (needs the headstart package);
 - busy: the update and python defaults again while a busy loop holds one core;
-- pipeline, solve, memory: the pipeline's overhead, solve latency, peak memory.
+- pipeline, solve, memory: the pipeline's overhead, solve latency, peak memory;
+- fit: `headstart fit` on a 2 GiB float32 .npy file (in the page cache) against `bench` at
+  the same d;
+- serve: `headstart serve` fed by four `headstart push` processes over loopback (d = 384),
+  with the default window and with stop-and-wait (`--window 1`), against `bench`.
 
 Usage (from the repository root, after `cargo build --release`):
 
@@ -209,7 +213,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0, help="target length of one run")
     parser.add_argument("--dims", default="384,768,2048")
     parser.add_argument("--small-batch", type=int, default=256)
-    parser.add_argument("--sections", default="update,python,busy,pipeline,solve,memory")
+    parser.add_argument("--sections", default="update,python,busy,pipeline,solve,memory,fit,serve")
+    parser.add_argument("--scratch", default=None, help="directory for the fit/serve input files (default: a temporary one)")
+    parser.add_argument("--fit-gib", type=float, default=2.0, help="size of the fit section's .npy file")
     parser.add_argument("--pool-mib", type=float, default=None, help="default: 1.25 x last-level cache")
     args = parser.parse_args()
     if args.worker:
@@ -383,6 +389,110 @@ def main():
             r = headstart(args.binary, ["--dim", d, "--classes", c, "--samples", n, "--pool-mib", 256])
             print(f"| {d} | {c} | {n} | {r['rss_mib']:.1f} | {r['pool_mib']:.1f} | "
                   f"{r['rss_mib'] - r['pool_mib']:.1f} | {r['state_mib']:.1f} |")
+
+    if "fit" in sections or "serve" in sections:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+            if "fit" in sections:
+                fit_section(args, scratch, pool_bytes)
+            if "serve" in sections:
+                serve_section(args, scratch, pool_bytes)
+
+
+def write_npy(path_x, path_y, rows, dim, seed):
+    """A float32 feature file and int64 labels (0..99), written in 64 MiB pieces."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = np.lib.format.open_memmap(path_x, mode="w+", dtype=np.float32, shape=(rows, dim))
+    step = max(1, (64 * MIB) // (4 * dim))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        x[start:stop] = rng.standard_normal((stop - start, dim), dtype=np.float32)
+    x.flush()
+    del x
+    np.save(path_y, rng.integers(0, 100, rows, dtype=np.int64))
+    # Into the page cache: the figures are about the engine, not the disk.
+    for path in (path_x, path_y):
+        with open(path, "rb") as f:
+            while f.read(64 * MIB):
+                pass
+
+
+def fit_section(args, scratch, pool_bytes):
+    d = 768
+    rows = int(args.fit_gib * 1024 * MIB) // (4 * d)
+    px, py = os.path.join(scratch, "fit_x.npy"), os.path.join(scratch, "fit_y.npy")
+    write_npy(px, py, rows, d, 11)
+    out = os.path.join(scratch, "head.safetensors")
+    fit_total, fit_stream, bench = [], [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        done = subprocess.run([args.binary, "fit", "--features", px, "--labels", py, "--out", out],
+                              check=True, capture_output=True, text=True)
+        fit_total.append(rows / (time.perf_counter() - started))
+        m = re.search(r"reading and accumulating [0-9.]+ s, ([0-9.]+) samples/s", done.stdout)
+        fit_stream.append(float(m.group(1)))
+        r = headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", samples_for(d, 4096, args.seconds),
+                                    "--pool-mib", pool_bytes / MIB])
+        bench.append(r["throughput"])
+    base = statistics.median(bench)
+    print(f"\n## fit on a {rows * d * 4 / 1024 / MIB:.2f} GiB float32 .npy (d={d}, {rows} rows, exact, page cache warm)\n")
+    print("| run | samples/s | vs bench |")
+    print("|---|---:|---:|")
+    print(f"| `bench --dim {d}` (defaults) | {fmt_rate(bench)} | 1.00 |")
+    print(f"| `fit`: reading and accumulating | {fmt_rate(fit_stream)} | {statistics.median(fit_stream) / base:.2f} |")
+    print(f"| `fit`: whole command (start, solve, write) | {fmt_rate(fit_total)} | {statistics.median(fit_total) / base:.2f} |")
+    sys.stdout.flush()
+
+
+def serve_run(binary, scratch, px, py, rows, d, clients, window):
+    state = os.path.join(scratch, f"serve-{window}.hs")
+    if os.path.exists(state):
+        os.remove(state)
+    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--state", state, "--dim", str(d), "--quiet"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline().strip()
+        address = line.removeprefix("listening on ").split()[0]
+        started = time.perf_counter()
+        pushes = [subprocess.Popen([binary, "push", "--connect", address, "--features", px, "--labels", py,
+                                    "--window", str(window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                  for _ in range(clients)]
+        for p in pushes:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"push failed: {err.decode()}")
+        return clients * rows / (time.perf_counter() - started)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def serve_section(args, scratch, pool_bytes):
+    d, clients = 384, 4
+    rows = 1 << 17
+    px, py = os.path.join(scratch, "serve_x.npy"), os.path.join(scratch, "serve_y.npy")
+    write_npy(px, py, rows, d, 12)
+    runs = {"bench": [], "window": [], "stop-and-wait": [], "one, window": [], "one, stop-and-wait": []}
+    for _ in range(args.repeats):
+        runs["bench"].append(headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", clients * rows,
+                                                     "--pool-mib", pool_bytes / MIB])["throughput"])
+        runs["window"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8))
+        runs["stop-and-wait"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 1))
+        runs["one, window"].append(serve_run(args.binary, scratch, px, py, rows, d, 1, 8))
+        runs["one, stop-and-wait"].append(serve_run(args.binary, scratch, px, py, rows, d, 1, 1))
+    base = statistics.median(runs["bench"])
+    print(f"\n## serve: {clients} `headstart push` processes over loopback, {rows} rows each (d={d}, B=4096, exact)\n")
+    print("| run | samples/s | vs bench |")
+    print("|---|---:|---:|")
+    names = {"bench": f"`bench --dim {d}` (defaults)", "window": "serve, `push` default window (8)",
+             "stop-and-wait": "serve, `push --window 1`", "one, window": "serve, one `push` (window 8)",
+             "one, stop-and-wait": "serve, one `push --window 1`"}
+    for key, values in runs.items():
+        print(f"| {names[key]} | {fmt_rate(values)} | {statistics.median(values) / base:.2f} |")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -174,9 +174,15 @@ impl Producer {
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
         batch.validate(self.shared.dim)?;
+        self.send_valid(&batch)
+    }
+
+    /// [`send`](Producer::send) for a batch already validated against this dimension (the
+    /// server's frame decoder does it).
+    pub(crate) fn send_valid(&self, batch: &Batch) -> Result<(), PipelineError> {
         // The O(B·d) work (class sums, transposition, conversion) happens here, on the
         // producer's thread; the reducer is left with the O(B·d²) product.
-        let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision);
+        let prepared = Stats::prepare(batch, self.shared.dim, self.shared.precision);
         self.put(Message::Update(Box::new(prepared)))
     }
 
@@ -227,9 +233,36 @@ impl Producer {
     /// # Ok::<(), headstart::pipeline::PipelineError>(())
     /// ```
     pub fn barrier(&self) -> Result<(), PipelineError> {
+        self.mark()?.wait()
+    }
+
+    /// Queues a marker and returns at once; [`Applied::wait`] then returns once every message
+    /// queued before the marker, on any producer, is applied. A server reads the next batch
+    /// while the previous ones are being applied, and acknowledges each when its marker
+    /// resolves.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::{pipeline, stats::{Batch, Stats}};
+    /// let (producer, reducer) = pipeline::spawn(Stats::new(1), 4);
+    /// producer.send(Batch::new(vec![1.0f32], vec![0]))?;
+    /// let first = producer.mark()?;
+    /// producer.send(Batch::new(vec![2.0f32], vec![0]))?;
+    /// first.wait()?; // the first batch is applied; the second may still be queued
+    /// drop(producer);
+    /// assert_eq!(reducer.join()?.samples(), 2);
+    /// # Ok::<(), headstart::pipeline::PipelineError>(())
+    /// ```
+    pub fn mark(&self) -> Result<Applied, PipelineError> {
         let (reply_tx, reply_rx) = bounded(1);
         self.put(Message::Barrier(reply_tx))?;
-        reply_rx.recv().map_err(|_| self.stopped())
+        Ok(Applied {
+            rx: reply_rx,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     fn put(&self, message: Message) -> Result<(), PipelineError> {
@@ -240,10 +273,32 @@ impl Producer {
     }
 
     fn stopped(&self) -> PipelineError {
-        match self.shared.failure.get() {
+        self.shared.stopped()
+    }
+}
+
+impl Shared {
+    fn stopped(&self) -> PipelineError {
+        match self.failure.get() {
             Some(e) => PipelineError::ReducerFailed(e.clone()),
             None => PipelineError::ReducerPanicked("the reducer exited unexpectedly".into()),
         }
+    }
+}
+
+/// A marker queued by [`Producer::mark`].
+pub struct Applied {
+    rx: Receiver<()>,
+    shared: Arc<Shared>,
+}
+
+impl Applied {
+    /// Returns once every message queued before the marker is applied.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer stopped first.
+    pub fn wait(self) -> Result<(), PipelineError> {
+        self.rx.recv().map_err(|_| self.shared.stopped())
     }
 }
 

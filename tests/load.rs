@@ -1,7 +1,8 @@
 //! Load: one million samples (d = 384) from four clients over loopback into a `headstart
 //! serve` process; reports samples/s and the server's peak memory, and checks that the peak
-//! stays flat while clients keep pushing (backpressure: each client waits for its ACK, the
-//! reducer's channel is bounded).
+//! stays flat while clients keep pushing (backpressure: each client keeps at most a window of
+//! batches unacknowledged, the server reads ahead at most `ACK_WINDOW`, the reducer's
+//! channel is bounded).
 
 mod common;
 
@@ -62,6 +63,7 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
                     c.push(&mine[i % mine.len()]).unwrap();
                     sent.fetch_add(ROWS as u64, Ordering::SeqCst);
                 }
+                c.flush().unwrap();
             });
         }
         // The peak after a quarter of the stream, to compare with the peak at the end.

@@ -436,6 +436,15 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
                     if c.hello(D, Dtype::F32).is_err() {
                         return;
                     }
+                    // Pushed ids in order; the first `c.acknowledged()` of them have an ACK.
+                    let mut pending = std::collections::VecDeque::new();
+                    let mut done = 0u64;
+                    let mut note_acks = |c: &Client, pending: &mut std::collections::VecDeque<i64>| {
+                        while done < c.acknowledged() {
+                            acked.lock().unwrap().insert(pending.pop_front().unwrap());
+                            done += 1;
+                        }
+                    };
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         n += 1;
@@ -446,6 +455,7 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
                                 Ok(_) => synced.lock().unwrap().extend(before),
                                 Err(_) => return,
                             }
+                            note_acks(&c, &mut pending);
                             continue;
                         }
                         let id = {
@@ -454,10 +464,9 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
                             *next - 1
                         };
                         let batch = Batch::new(vec![id as f32; ROWS * D], vec![id; ROWS]);
+                        pending.push_back(id);
                         match c.push(&batch) {
-                            Ok(()) => {
-                                acked.lock().unwrap().insert(id);
-                            }
+                            Ok(()) => note_acks(&c, &mut pending),
                             Err(_) => return,
                         }
                     }
@@ -515,4 +524,143 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
         "too few synced batches: {}",
         guaranteed.len()
     );
+}
+
+#[test]
+fn a_window_of_batches_is_acknowledged_in_order_and_a_refusal_stops_it_exactly_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let address = server.address();
+    let good = batches(40, 12, 9);
+    let mut bad = good[7].clone();
+    if let headstart::stats::Features::F32(v) = &mut bad.features {
+        v[3 * D + 1] = f32::NAN;
+    }
+
+    // Every frame goes out before any reply is read: 6 batches, a STATS, 1 batch, a SOLVE,
+    // the refused batch, then 4 batches that must never be applied.
+    let mut c = RawClient::new(&address);
+    let mut bytes = hello(D as u64, Dtype::F32);
+    let mut seq = 0u64;
+    let mut frame = |batch: &Batch, bytes: &mut Vec<u8>| {
+        seq += 1;
+        bytes.extend(encode_request(&Request::Batch {
+            seq,
+            batch: batch.clone(),
+        }));
+    };
+    for b in &good[..6] {
+        frame(b, &mut bytes);
+    }
+    bytes.extend(encode_request(&Request::Stats));
+    frame(&good[6], &mut bytes);
+    bytes.extend(encode_request(&Request::Solve("{}".into())));
+    frame(&bad, &mut bytes);
+    for b in &good[8..] {
+        frame(b, &mut bytes);
+    }
+    c.send(&bytes);
+    c.close_write();
+
+    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    for s in 1..=6 {
+        assert_eq!(c.reply(), Some(Reply::Ack(s)));
+    }
+    // STATS sent behind six unacknowledged batches counts all of them.
+    let Some(Reply::Stats(json)) = c.reply() else {
+        panic!("expected STATS")
+    };
+    let stats: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(stats["samples"], 6 * 9);
+    assert_eq!(c.reply(), Some(Reply::Ack(7)));
+    // The SOLVE's head is the library's head of exactly the seven batches.
+    let Some(Reply::Head(bytes)) = c.reply() else {
+        panic!("expected HEAD")
+    };
+    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
+    let local = Solver::new()
+        .solve(&reference(&good[..7]), &SolveOptions::default())
+        .unwrap();
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    // The NaN batch is refused, naming the row and column, and nothing follows.
+    match c.reply() {
+        Some(Reply::Error {
+            code: ErrorCode::BadBatch,
+            fatal: true,
+            message,
+        }) => assert!(
+            message.contains("row 3") && message.contains("column 1"),
+            "{message}"
+        ),
+        other => panic!("expected BadBatch, got {other:?}"),
+    }
+    assert_eq!(c.reply(), None);
+
+    let mut check = Client::connect(&address).unwrap();
+    assert_eq!(check.stats().unwrap()["samples"], 7 * 9);
+    let state = server.shutdown().unwrap();
+    let expected = reference(&good[..7]);
+    assert_eq!(state.samples(), expected.samples());
+    for id in expected.classes() {
+        assert_eq!(state.class_count(id), expected.class_count(id), "class {id}");
+    }
+}
+
+#[test]
+fn the_client_window_keeps_every_batch_and_reports_a_refused_one_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let address = server.address();
+    let good = batches(41, 30, 5);
+    for window in [1, 3, 8, 64] {
+        let mut c = Client::connect(&address).unwrap();
+        c.set_window(window);
+        c.hello(D, Dtype::F32).unwrap();
+        for b in &good {
+            c.push(b).unwrap();
+        }
+        c.flush().unwrap();
+        assert_eq!(c.acknowledged(), good.len() as u64);
+    }
+    let mut c = Client::connect(&address).unwrap();
+    assert_eq!(c.stats().unwrap()["samples"], 4 * 30 * 5);
+
+    // A batch only the server can refuse: more rows than its limit. The batches behind it
+    // in the window are never applied.
+    drop(server);
+    let dir = tempfile::tempdir().unwrap();
+    let limited = server_with_rows(dir.path(), 5);
+    let mut c = Client::connect(&limited.address()).unwrap();
+    c.set_window(8);
+    c.hello(D, Dtype::F32).unwrap();
+    let big = batches(42, 1, 6).remove(0);
+    let mut failed = None;
+    for (i, b) in good[..4].iter().chain([&big]).chain(&good[4..8]).enumerate() {
+        if let Err(e) = c.push(b) {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let err = match failed {
+        Some((_, e)) => e,
+        None => c.flush().unwrap_err(),
+    };
+    assert!(
+        matches!(
+            &err,
+            ClientError::Server {
+                code: ErrorCode::TooManyRows,
+                fatal: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(c.acknowledged(), 4, "the refused batch is the fifth pushed");
+    let state = limited.shutdown().unwrap();
+    assert_eq!(state.samples(), 4 * 5);
+}
+
+fn server_with_rows(dir: &Path, max_rows: usize) -> Server {
+    server(dir, |c| c.limits.max_rows = max_rows)
 }

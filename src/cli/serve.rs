@@ -134,11 +134,17 @@ pub struct PushArgs {
     /// Send a task boundary before the batches.
     #[arg(long)]
     begin_task: bool,
+    /// Batches sent ahead of their acknowledgement (1: wait for each).
+    #[arg(long, default_value_t = headstart::net::DEFAULT_WINDOW)]
+    window: usize,
 }
 
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if args.window == 0 {
+        bail!("--window must be at least 1");
     }
     let address: Address = args
         .connect
@@ -151,22 +157,35 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut client = Client::connect(&address)?;
+    client.set_window(args.window);
     client.hello(x.dim(), dtype)?;
     if args.begin_task {
         client.begin_task()?;
     }
     let rows = x.rows();
-    let bar = progress_bar(rows, "rows acknowledged");
+    let bar = progress_bar(rows, "rows sent");
+    // With a window, the batch a refusal names is the first one not yet acknowledged.
+    let refused = |client: &Client| {
+        let first = client.acknowledged() * args.batch as u64;
+        format!(
+            "rows {first}..{} of {}",
+            (first + args.batch as u64).min(rows),
+            args.features.display()
+        )
+    };
     let (mut row, mut batches) = (0u64, 0u64);
     while row < rows {
         let count = (args.batch as u64).min(rows - row);
         let batch = Batch::new(x.read_rows(row, count)?, y.read_rows(row, count)?);
-        client
-            .push(&batch)
-            .with_context(|| format!("rows {row}..{} of {}", row + count, args.features.display()))?;
+        if let Err(e) = client.push(&batch) {
+            return Err(anyhow::Error::new(e).context(refused(&client)));
+        }
         row += count;
         batches += 1;
         bar.inc(count);
+    }
+    if let Err(e) = client.flush() {
+        return Err(anyhow::Error::new(e).context(refused(&client)));
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

@@ -5,8 +5,7 @@ use std::io::BufReader;
 use super::SolveRequest;
 use super::conn::{Address, Conn};
 use super::protocol::{
-    Dtype, ErrorCode, FrameError, PROTOCOL_VERSION, Reply, Request, encode_batch_body, kind, read_frame,
-    write_frame,
+    Dtype, ErrorCode, FrameError, PROTOCOL_VERSION, Reply, Request, read_frame, write_batch_frame,
 };
 use crate::stats::{Batch, Features};
 
@@ -59,13 +58,25 @@ pub enum ClientError {
     Usage(String),
 }
 
-/// A connection to a server. Calls are synchronous: each waits for its reply.
+/// Batches [`Client::push`] leaves unacknowledged by default (see [`Client::set_window`]).
+pub const DEFAULT_WINDOW: usize = 8;
+
+/// A connection to a server.
+///
+/// [`push`](Client::push) keeps up to a window of batches unacknowledged, so that the server
+/// applies one batch while the next travels; every other call first waits for those
+/// acknowledgements ([`flush`](Client::flush)), so its reply covers every batch pushed before.
+/// Dropping a client waits for the outstanding acknowledgements, but only `flush` reports
+/// a refusal.
 pub struct Client {
     address: Address,
     reader: BufReader<Conn>,
     writer: Conn,
     session: Option<(usize, Dtype)>,
     seq: u64,
+    /// Sequence numbers sent and not yet acknowledged, oldest first.
+    unacked: std::collections::VecDeque<u64>,
+    window: usize,
 }
 
 impl Client {
@@ -86,7 +97,51 @@ impl Client {
             writer,
             session: None,
             seq: 0,
+            unacked: std::collections::VecDeque::new(),
+            window: DEFAULT_WINDOW,
         })
+    }
+
+    /// Sets how many pushed batches may await their acknowledgement (at least 1; 1 makes
+    /// every [`push`](Client::push) wait until its batch is applied).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use headstart::net::{Address, Client};
+    /// let mut client = Client::connect(&"127.0.0.1:7070".parse::<Address>()?)?;
+    /// client.set_window(1); // stop-and-wait
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
+    /// Waits until every pushed batch is acknowledged (applied by the server).
+    ///
+    /// # Errors
+    /// The first batch the server refused ([`ClientError::Server`]), or a connection error.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        while !self.unacked.is_empty() {
+            self.take_ack()?;
+        }
+        Ok(())
+    }
+
+    /// Batches pushed and acknowledged so far; after a refusal, the refused batch is the one
+    /// pushed after these (counting from 0, it has this index).
+    pub fn acknowledged(&self) -> u64 {
+        self.seq - self.unacked.len() as u64
+    }
+
+    fn take_ack(&mut self) -> Result<(), ClientError> {
+        let expected = *self.unacked.front().expect("an unacknowledged batch");
+        match self.read("BATCH")? {
+            Reply::Ack(s) if s == expected => {
+                self.unacked.pop_front();
+                Ok(())
+            }
+            other => Err(self.unexpected("BATCH", &other)),
+        }
     }
 
     /// Opens a session for batches of `dim` features of type `dtype`; returns the number of
@@ -109,12 +164,14 @@ impl Client {
         }
     }
 
-    /// Sends a batch and returns once the server has applied it. Values are sent in the
+    /// Sends a batch; returns once at most the window's size less one pushed batches await
+    /// their acknowledgement ([`flush`](Client::flush) waits for all). Values are sent in the
     /// session's dtype (f64 values are rounded to f32 in an f32 session).
     ///
     /// # Errors
-    /// [`ClientError::Usage`] without a session or for a batch of the wrong width;
-    /// [`ClientError::Server`] if the server refuses it.
+    /// [`ClientError::Usage`] without a session or for a batch of the wrong width (nothing
+    /// is sent); [`ClientError::Server`] if the server refused this batch or an earlier
+    /// unacknowledged one (the server then closes the connection).
     pub fn push(&mut self, batch: &Batch) -> Result<(), ClientError> {
         let (dim, dtype) = self
             .session
@@ -142,11 +199,20 @@ impl Client {
         };
         self.seq += 1;
         let seq = self.seq;
-        self.write(kind::BATCH, &encode_batch_body(seq, batch))?;
-        match self.read("BATCH")? {
-            Reply::Ack(s) if s == seq => Ok(()),
-            other => Err(self.unexpected("BATCH", &other)),
+        if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
+            // A server that refused an earlier batch of the window has closed the connection:
+            // its error frame, still readable, says why.
+            self.flush()?;
+            return Err(ClientError::Io {
+                address: self.address.to_string(),
+                source,
+            });
         }
+        self.unacked.push_back(seq);
+        while self.unacked.len() >= self.window {
+            self.take_ack()?;
+        }
+        Ok(())
     }
 
     /// Marks a task boundary and returns once it is applied.
@@ -207,14 +273,9 @@ impl Client {
                 address: self.address.to_string(),
                 source,
             })?;
+        // The server replies in request order: the pushed batches' ACKs come first.
+        self.flush()?;
         self.read(what)
-    }
-
-    fn write(&mut self, kind: u8, body: &[u8]) -> Result<(), ClientError> {
-        write_frame(&mut self.writer, kind, body).map_err(|source| ClientError::Io {
-            address: self.address.to_string(),
-            source,
-        })
     }
 
     fn read(&mut self, _what: &'static str) -> Result<Reply, ClientError> {
@@ -248,6 +309,15 @@ impl Client {
             request,
             reply,
         }
+    }
+}
+
+impl Drop for Client {
+    /// Waits for the outstanding acknowledgements (errors are dropped with the client: call
+    /// [`flush`](Client::flush) to see them), so that batches pushed just before a client goes
+    /// out of scope are not cut off by the closing connection.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

@@ -29,7 +29,7 @@ mod conn;
 pub mod protocol;
 mod server;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, DEFAULT_WINDOW};
 pub use conn::{Address, Conn};
 pub use server::{Server, ServerConfig, ServerError};
 

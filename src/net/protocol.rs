@@ -298,10 +298,16 @@ pub fn read_frame(r: &mut impl Read, max_frame_bytes: usize) -> Result<RawFrame,
             limit: max_frame_bytes,
         });
     }
-    let mut frame = vec![0u8; length as usize];
-    r.read_exact(&mut frame)?;
-    let body = frame.split_off(1);
-    Ok(RawFrame { kind: frame[0], body })
+    let mut kind = [0u8];
+    r.read_exact(&mut kind)?;
+    // Read into reserved, unzeroed memory: the body is copied once, from the socket.
+    let want = length as usize - 1;
+    let mut body = Vec::with_capacity(want);
+    r.take(want as u64).read_to_end(&mut body)?;
+    if body.len() < want {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(RawFrame { kind: kind[0], body })
 }
 
 /// Writes one frame.
@@ -443,27 +449,11 @@ impl Request {
                         ),
                     });
                 }
-                let labels: Vec<i64> = b
-                    .take(rows * 8, "labels")?
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
+                let labels: Vec<i64> = from_le(b.take(rows * 8, "labels")?);
                 let values = b.take(rows * dim * dtype.size(), "features")?;
                 let batch = match dtype {
-                    Dtype::F32 => Batch::new(
-                        values
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                            .collect::<Vec<f32>>(),
-                        labels,
-                    ),
-                    Dtype::F64 => Batch::new(
-                        values
-                            .chunks_exact(8)
-                            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                            .collect::<Vec<f64>>(),
-                        labels,
-                    ),
+                    Dtype::F32 => Batch::new(from_le::<f32>(values), labels),
+                    Dtype::F64 => Batch::new(from_le::<f64>(values), labels),
                 };
                 batch.validate(dim)?;
                 Request::Batch { seq, batch }
@@ -515,14 +505,79 @@ pub fn encode_batch_body(seq: u64, batch: &Batch) -> Vec<u8> {
     let mut body = Vec::with_capacity(12 + rows * 8 + batch.features.len() * 8);
     body.extend_from_slice(&seq.to_le_bytes());
     body.extend_from_slice(&(rows as u32).to_le_bytes());
-    for l in &batch.labels {
-        body.extend_from_slice(&l.to_le_bytes());
-    }
+    extend_le(&mut body, &batch.labels);
     match &batch.features {
-        Features::F32(v) => v.iter().for_each(|x| body.extend_from_slice(&x.to_le_bytes())),
-        Features::F64(v) => v.iter().for_each(|x| body.extend_from_slice(&x.to_le_bytes())),
+        Features::F32(v) => extend_le(&mut body, v),
+        Features::F64(v) => extend_le(&mut body, v),
     }
     body
+}
+
+/// Writes a BATCH frame straight from the batch's buffers (no encoded copy on little-endian
+/// machines); the bytes equal `write_frame(w, kind::BATCH, &encode_batch_body(seq, batch))`.
+///
+/// # Errors
+/// I/O errors; a frame over 4 GiB is `InvalidInput`.
+///
+/// # Examples
+/// ```
+/// use headstart::net::protocol::{encode_batch_body, kind, write_batch_frame, write_frame};
+/// use headstart::stats::Batch;
+/// let batch = Batch::new(vec![1.0f32, 2.0], vec![3]);
+/// let (mut direct, mut copied) = (Vec::new(), Vec::new());
+/// write_batch_frame(&mut direct, 9, &batch)?;
+/// write_frame(&mut copied, kind::BATCH, &encode_batch_body(9, &batch))?;
+/// assert_eq!(direct, copied);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn write_batch_frame(w: &mut impl Write, seq: u64, batch: &Batch) -> std::io::Result<()> {
+    use crate::stats::Features;
+    if cfg!(target_endian = "big") {
+        return write_frame(w, kind::BATCH, &encode_batch_body(seq, batch));
+    }
+    let features: &[u8] = match &batch.features {
+        Features::F32(v) => bytemuck::cast_slice(v),
+        Features::F64(v) => bytemuck::cast_slice(v),
+    };
+    let labels: &[u8] = bytemuck::cast_slice(&batch.labels);
+    let too_long = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame longer than 4 GiB");
+    let length = u32::try_from(1 + 12 + labels.len() + features.len()).map_err(|_| too_long())?;
+    let rows = u32::try_from(batch.labels.len()).map_err(|_| too_long())?;
+    let mut head = [0u8; 17];
+    head[..4].copy_from_slice(&length.to_le_bytes());
+    head[4] = kind::BATCH;
+    head[5..13].copy_from_slice(&seq.to_le_bytes());
+    head[13..].copy_from_slice(&rows.to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(labels)?;
+    w.write_all(features)?;
+    w.flush()
+}
+
+/// Appends numbers as little-endian bytes (one copy on little-endian machines).
+fn extend_le<T: bytemuck::Pod>(body: &mut Vec<u8>, values: &[T]) {
+    let start = body.len();
+    body.extend_from_slice(bytemuck::cast_slice(values));
+    if cfg!(target_endian = "big") {
+        body[start..]
+            .chunks_exact_mut(size_of::<T>())
+            .for_each(<[u8]>::reverse);
+    }
+}
+
+/// Reads little-endian numbers (`bytes.len()` a multiple of the size; any alignment).
+fn from_le<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    // Aligned bytes (f32 features always are) copy straight into unzeroed memory.
+    let mut values: Vec<T> = match bytemuck::try_cast_slice::<u8, T>(bytes) {
+        Ok(aligned) => aligned.to_vec(),
+        Err(_) => bytemuck::pod_collect_to_vec(bytes),
+    };
+    if cfg!(target_endian = "big") {
+        bytemuck::cast_slice_mut::<T, u8>(&mut values)
+            .chunks_exact_mut(size_of::<T>())
+            .for_each(<[u8]>::reverse);
+    }
+    values
 }
 
 impl Reply {

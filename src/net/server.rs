@@ -15,10 +15,11 @@ use super::conn::{Address, Conn};
 use super::protocol::{
     Dtype, ErrorCode, FrameError, Limits, PROTOCOL_VERSION, Reply, Request, read_frame, write_frame,
 };
-use crate::pipeline::{self, PipelineError, Producer, Reducer};
+use crate::pipeline::{self, Applied, PipelineError, Producer, Reducer};
 use crate::snapshot::{self, SnapshotError};
 use crate::solve::Solver;
 use crate::stats::Stats;
+use crossbeam_channel::{Receiver, Sender};
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -308,6 +309,22 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Batches a connection may have read and queued before their ACKs are written; beyond
+/// this the connection stops reading until ACKs go out (TCP backpressure).
+pub const ACK_WINDOW: usize = 64;
+
+/// What a connection's writer sends, in the order the requests arrived.
+enum Outgoing {
+    /// Sent once `applied` resolves.
+    Applied {
+        applied: Applied,
+        rows: u64,
+        reply: Reply,
+    },
+    /// Sent as it is; a fatal error closes the connection.
+    Now(Reply),
+}
+
 fn serve_connection(conn: Conn, shared: Arc<Shared>) {
     let _slot = Slot(&shared.connections);
     let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
@@ -332,11 +349,38 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
     if conn.set_timeouts(Some(shared.config.idle_timeout)).is_err() {
         return;
     }
+    // Replies leave from their own thread, so that the next batch is read and queued while
+    // earlier ones are applied: a client may keep a window of batches unacknowledged.
+    let (outgoing, replies) = crossbeam_channel::bounded::<Outgoing>(ACK_WINDOW);
+    let replier = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("headstart-replies".into())
+            .spawn(move || write_replies(writer, replies, &shared))
+    };
+    let Ok(replier) = replier else {
+        conn.shutdown();
+        return;
+    };
     let mut reader = BufReader::with_capacity(1 << 16, conn);
+    read_requests(&mut reader, &shared, &outgoing);
+    drop(outgoing);
+    let _ = replier.join();
+    reader.get_ref().shutdown();
+}
+
+/// Reads requests until the connection ends or a fatal reply is queued.
+fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sender<Outgoing>) {
     let mut session: Option<(usize, Dtype)> = None;
     let limits = shared.config.limits;
+    let refuse = |code: ErrorCode, message: String| {
+        if shared.config.verbose {
+            eprintln!("headstart serve: closing a connection: {message}");
+        }
+        let _ = outgoing.send(Outgoing::Now(fatal(code, message)));
+    };
     loop {
-        let raw = match read_frame(&mut reader, limits.max_frame_bytes) {
+        let raw = match read_frame(reader, limits.max_frame_bytes) {
             Ok(raw) => raw,
             Err(FrameError::Closed) => return,
             Err(e) => {
@@ -346,8 +390,7 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
                     }
                     _ => e.to_string(),
                 };
-                refuse(&shared, &mut writer, reader.get_ref(), e.code(), message);
-                return;
+                return refuse(e.code(), message);
             }
         };
         let request = match Request::decode(raw.kind, &raw.body, session.map(|(d, t)| (d, t, limits))) {
@@ -359,78 +402,79 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
                     }
                     other => other.code(),
                 };
-                refuse(&shared, &mut writer, reader.get_ref(), code, e.to_string());
-                return;
+                return refuse(code, e.to_string());
             }
         };
-        let reply = match request {
-            Request::Hello { version, dim, dtype } => {
-                if version != PROTOCOL_VERSION {
-                    fatal(
-                        ErrorCode::Session,
-                        format!("protocol version {version}; this server speaks {PROTOCOL_VERSION}"),
-                    )
-                } else if dim != shared.dim as u64 {
-                    fatal(
-                        ErrorCode::Session,
-                        format!(
-                            "the server's state has dimension {}, the client sends {dim}",
-                            shared.dim
-                        ),
-                    )
-                } else if session.is_some() {
-                    fatal(ErrorCode::Session, "a second HELLO on one connection".into())
-                } else {
-                    session = Some((shared.dim, dtype));
-                    Reply::Welcome {
-                        version: PROTOCOL_VERSION,
-                        dim: shared.dim as u64,
-                        samples: shared.acknowledged.load(Ordering::SeqCst),
-                    }
+        let next = match request {
+            Request::Hello { version, dim, dtype } => Outgoing::Now(if version != PROTOCOL_VERSION {
+                fatal(
+                    ErrorCode::Session,
+                    format!("protocol version {version}; this server speaks {PROTOCOL_VERSION}"),
+                )
+            } else if dim != shared.dim as u64 {
+                fatal(
+                    ErrorCode::Session,
+                    format!(
+                        "the server's state has dimension {}, the client sends {dim}",
+                        shared.dim
+                    ),
+                )
+            } else if session.is_some() {
+                fatal(ErrorCode::Session, "a second HELLO on one connection".into())
+            } else {
+                session = Some((shared.dim, dtype));
+                Reply::Welcome {
+                    version: PROTOCOL_VERSION,
+                    dim: shared.dim as u64,
+                    samples: shared.acknowledged.load(Ordering::SeqCst),
                 }
-            }
+            }),
+            // `Request::decode` validated the batch against the session's dimension.
             Request::Batch { seq, batch } => {
                 let rows = batch.rows() as u64;
-                with_gate(
-                    &shared,
-                    |p| p.send(batch).and_then(|()| p.barrier()),
-                    || {
-                        shared.acknowledged.fetch_add(rows, Ordering::SeqCst);
-                        Reply::Ack(seq)
-                    },
-                )
+                queue(shared, rows, Reply::Ack(seq), |p| p.send_valid(&batch))
             }
-            Request::BeginTask => with_gate(
-                &shared,
-                |p| p.begin_task().and_then(|()| p.barrier()),
-                || Reply::TaskBegun,
-            ),
-            Request::Solve(json) => solve(&shared, &json),
-            Request::Sync => match shared.checkpoint() {
+            Request::BeginTask => queue(shared, 0, Reply::TaskBegun, Producer::begin_task),
+            // The snapshots behind these include every batch queued above on this
+            // connection (the reducer's queue is FIFO), acknowledged yet or not.
+            Request::Solve(json) => Outgoing::Now(solve(shared, &json)),
+            Request::Sync => Outgoing::Now(match shared.checkpoint() {
                 Ok(samples) => Reply::Synced(samples),
                 Err(e) => Reply::Error {
                     code: ErrorCode::Durability,
                     fatal: false,
                     message: format!("checkpoint failed: {e}"),
                 },
-            },
-            Request::Stats => stats(&shared),
+            }),
+            Request::Stats => Outgoing::Now(stats(shared)),
         };
-        let close = matches!(reply, Reply::Error { fatal: true, .. });
-        if send(&mut writer, &reply).is_err() || close {
-            reader.get_ref().shutdown();
+        let close = matches!(next, Outgoing::Now(Reply::Error { fatal: true, .. }));
+        if outgoing.send(next).is_err() || close {
             return;
         }
     }
 }
 
-/// Sends a fatal error and closes the connection.
-fn refuse(shared: &Shared, writer: &mut Conn, conn: &Conn, code: ErrorCode, message: String) {
-    if shared.config.verbose {
-        eprintln!("headstart serve: closing a connection: {message}");
+/// Writes replies in request order, each acknowledgement once its batch is applied. Stops at
+/// a fatal reply or a failed write, closing the connection so that the reader stops too.
+fn write_replies(mut writer: Conn, replies: Receiver<Outgoing>, shared: &Shared) {
+    for next in replies.iter() {
+        let reply = match next {
+            Outgoing::Applied { applied, rows, reply } => match applied.wait() {
+                Ok(()) => {
+                    shared.acknowledged.fetch_add(rows, Ordering::SeqCst);
+                    reply
+                }
+                Err(e) => fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}")),
+            },
+            Outgoing::Now(reply) => reply,
+        };
+        let close = matches!(reply, Reply::Error { fatal: true, .. });
+        if send(&mut writer, &reply).is_err() || close {
+            writer.shutdown();
+            return;
+        }
     }
-    let _ = send(writer, &fatal(code, message));
-    conn.shutdown();
 }
 
 fn fatal(code: ErrorCode, message: String) -> Reply {
@@ -446,20 +490,26 @@ fn send(writer: &mut Conn, reply: &Reply) -> std::io::Result<()> {
     write_frame(writer, kind, &body)
 }
 
-/// Runs `apply` (which queues and waits until applied) under the read side of the drain gate,
-/// then builds the acknowledgement: an acknowledged batch always precedes the final checkpoint.
-fn with_gate(
+/// Queues a batch or boundary and a marker behind it, under the read side of the drain
+/// gate: shutdown takes the write side before its final snapshot, so every message queued
+/// here precedes that snapshot in the reducer's FIFO, and every acknowledgement sent later
+/// is covered by the final checkpoint.
+fn queue(
     shared: &Shared,
+    rows: u64,
+    reply: Reply,
     apply: impl FnOnce(&Producer) -> Result<(), PipelineError>,
-    ack: impl FnOnce() -> Reply,
-) -> Reply {
+) -> Outgoing {
     let draining = shared.draining.read().unwrap_or_else(|p| p.into_inner());
     if *draining {
-        return fatal(ErrorCode::Unavailable, "the server is shutting down".into());
+        return Outgoing::Now(fatal(
+            ErrorCode::Unavailable,
+            "the server is shutting down".into(),
+        ));
     }
-    match apply(&shared.producer) {
-        Ok(()) => ack(),
-        Err(e) => fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}")),
+    match apply(&shared.producer).and_then(|()| shared.producer.mark()) {
+        Ok(applied) => Outgoing::Applied { applied, rows, reply },
+        Err(e) => Outgoing::Now(fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}"))),
     }
 }
 
