@@ -1,7 +1,9 @@
 """A Python client for `headstart serve` (protocol version 1, docs/protocol.md).
 
-Standard library and numpy only. Each call sends one request frame and waits for its reply; a
-`Client` is one connection and is not meant to be shared between threads (open one per thread).
+Standard library and numpy only. A `Client` is one connection and is not meant to be shared
+between threads (open one per thread). `push` keeps up to `window` batches (default 8) awaiting
+their acknowledgement, so the server applies one while the next travels; every other call, and
+`flush`, first waits for those acknowledgements, so its reply covers every batch pushed before.
 
 Example::
 
@@ -20,6 +22,7 @@ Example::
             print(e)
 """
 
+import collections
 import json
 import socket
 import struct
@@ -29,6 +32,8 @@ import numpy as np
 __all__ = ["Client", "ServerError", "ProtocolError", "read_safetensors", "read_safetensors_metadata"]
 
 PROTOCOL_VERSION = 1
+# Batches `push` leaves unacknowledged unless told otherwise.
+DEFAULT_WINDOW = 8
 
 HELLO, BATCH, BEGIN_TASK, SOLVE, SYNC, STATS = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 WELCOME, ACK, TASK_BEGUN, HEAD, SYNCED, STATS_REPLY, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0xFF
@@ -80,15 +85,35 @@ def _dtype(dtype):
 class Client:
     """One connection to a server; see the module docstring."""
 
-    def __init__(self, sock, address):
+    def __init__(self, sock, address, window=DEFAULT_WINDOW):
         self._sock = sock
         self.address = address
         self._session = None  # (dim, numpy dtype) after hello
         self._seq = 0
+        self._unacked = collections.deque()  # sequence numbers sent, oldest first
+        self.window = window
+
+    @property
+    def window(self):
+        """Batches `push` leaves unacknowledged (1: each push waits until its batch is applied)."""
+        return self._window
+
+    @window.setter
+    def window(self, value):
+        if int(value) < 1:
+            raise ValueError(f"window must be at least 1, got {value}")
+        self._window = int(value)
+
+    @property
+    def acknowledged(self):
+        """Batches pushed and acknowledged so far; after a refusal, the refused batch is the one
+        pushed after these."""
+        return self._seq - len(self._unacked)
 
     @classmethod
-    def connect(cls, address, timeout=None):
-        """Connects to "HOST:PORT" (or "[IPV6]:PORT") or "unix:PATH"; `timeout` in seconds."""
+    def connect(cls, address, timeout=None, window=DEFAULT_WINDOW):
+        """Connects to "HOST:PORT" (or "[IPV6]:PORT") or "unix:PATH"; `timeout` in seconds;
+        `window` batches may await their acknowledgement (see `push`)."""
         if address.startswith("unix:"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -103,7 +128,7 @@ class Client:
                 raise ValueError(f"address must be HOST:PORT or unix:PATH, not {address!r}")
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(sock, address)
+        return cls(sock, address, window)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -120,8 +145,10 @@ class Client:
         return samples
 
     def push(self, features, labels):
-        """Sends a batch (rows × dim features, one integer label per row) and returns once the
-        server has applied it. Features are sent in the session's dtype."""
+        """Sends a batch (rows × dim features, one integer label per row); returns once at most
+        `window - 1` pushed batches await their acknowledgement (`flush` waits for all; every
+        other request waits for them too). Features are sent in the session's dtype. A batch
+        the server refuses raises ServerError from this or a later call."""
         if self._session is None:
             raise RuntimeError("push needs a session: call hello first")
         dim, dtype = self._session
@@ -151,16 +178,29 @@ class Client:
                 f"in {dtype} (the server refuses such batches)"
             )
         self._seq += 1
-        body = b"".join(
-            [
-                struct.pack("<QI", self._seq, x.shape[0]),
-                np.ascontiguousarray(y, dtype="<i8").tobytes(),
-                x.tobytes(),
-            ]
-        )
-        (seq,) = struct.unpack("<Q", self._call(BATCH, body, ACK, "BATCH"))
-        if seq != self._seq:
-            raise ProtocolError(f"ACK for batch {seq}, expected {self._seq}")
+        labels = np.ascontiguousarray(y, dtype="<i8")
+        try:
+            self._send(BATCH, struct.pack("<QI", self._seq, x.shape[0]), memoryview(labels).cast("B"),
+                       memoryview(x).cast("B"))
+        except OSError:
+            # A server that refused an earlier batch has closed the connection; its ERROR
+            # frame, still readable, says why.
+            self.flush()
+            raise
+        self._unacked.append(self._seq)
+        while len(self._unacked) >= self._window:
+            self._take_ack()
+
+    def flush(self):
+        """Waits until every pushed batch is acknowledged (applied by the server)."""
+        while self._unacked:
+            self._take_ack()
+
+    def _take_ack(self):
+        (seq,) = struct.unpack("<Q", self._read(ACK, "BATCH"))
+        if seq != self._unacked[0]:
+            raise ProtocolError(f"ACK for batch {seq}, expected {self._unacked[0]}")
+        self._unacked.popleft()
 
     def begin_task(self):
         """Marks a task boundary; returns once it is applied."""
@@ -189,6 +229,8 @@ class Client:
         return json.loads(self._call(STATS, b"", STATS_REPLY, "STATS").decode())
 
     def close(self):
+        """Closes the connection. Batches not yet acknowledged may or may not be applied: call
+        `flush` first (leaving a `with` block without an exception does)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -196,15 +238,31 @@ class Client:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            if exc_type is None and self._sock is not None:
+                self.flush()
+        finally:
+            self.close()
 
     # -- framing ----------------------------------------------------------------------------
 
-    def _call(self, kind, body, expected, what):
+    def _send(self, kind, *parts):
         if self._sock is None:
             raise ConnectionError(f"{self.address}: the connection is closed")
-        self._sock.sendall(struct.pack("<IB", len(body) + 1, kind) + body)
+        self._sock.sendall(struct.pack("<IB", sum(len(p) for p in parts) + 1, kind))
+        for part in parts:
+            self._sock.sendall(part)
+
+    def _call(self, kind, body, expected, what):
+        self._send(kind, body)
+        # Replies come in request order: the pushed batches' ACKs first.
+        self.flush()
+        return self._read(expected, what)
+
+    def _read(self, expected, what):
+        if self._sock is None:
+            raise ConnectionError(f"{self.address}: the connection is closed")
         length, reply_kind = struct.unpack("<IB", self._recv_exact(5))
         if length == 0:
             raise ProtocolError("reply frame of length 0")

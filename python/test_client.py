@@ -184,6 +184,29 @@ def run(binary, tmp):
             check_head(c.solve(scope="task", lambda_=LAMBDA), tx, ty, np.unique(ty))
             x, y = np.vstack([x, tx]), np.concatenate([y, ty])
             total = len(y)
+
+            # A window: three batches in flight, then one the server refuses (more rows than
+            # its limit). The three are applied, the refusal surfaces by position, and the
+            # batch pushed behind it never reaches the state.
+            with Client.connect(address, timeout=TIMEOUT, window=4) as w:
+                w.hello(DIM, "f64")
+                good = make_batches(4, 3)
+                for gx, gy in good:
+                    w.push(gx, gy)
+                w.push(np.ones((65_537, DIM)), np.zeros(65_537, dtype=np.int64))
+                try:
+                    w.push(*good[0])
+                    w.flush()
+                    raise AssertionError("a refused batch in the window should raise")
+                except ServerError as e:
+                    assert e.name == "TooManyRows" and e.fatal, e
+                assert w.acknowledged == 3, w.acknowledged
+            x = np.vstack([x] + [gx for gx, _ in good])
+            y = np.concatenate([y] + [gy for _, gy in good])
+            total = len(y)
+            assert c.stats()["samples"] == total
+            check_head(c.solve(lambda_=LAMBDA), x, y, np.unique(y))
+            summary.append("window of 4 with a refusal in it ok")
         out = stop_server(proc)
         assert f"checkpointed {total} samples" in out, out
         assert state.is_file(), "no state file after SIGTERM"
