@@ -300,6 +300,11 @@ impl Applied {
     pub fn wait(self) -> Result<(), PipelineError> {
         self.rx.recv().map_err(|_| self.shared.stopped())
     }
+
+    /// Whether every message queued before the marker is applied already (never blocks).
+    pub fn is_applied(&self) -> bool {
+        !self.rx.is_empty()
+    }
 }
 
 impl Reducer {

@@ -81,18 +81,25 @@ fn begin_task_is_ordered_with_the_batches() {
 
 #[test]
 fn a_full_channel_blocks_the_producer() {
-    // Capacity 2: once 20 heavy sends have returned, at most 2 may wait in the queue, so the
-    // producer must have waited for the reducer to take the other 18.
-    let (producer, reducer) = pipeline::spawn(Stats::new(256), 2);
-    for _ in 0..20 {
-        producer
-            .send(Batch::new(vec![0.5f32; 256 * 256], vec![1; 256]))
-            .unwrap();
-        assert!(producer.queued() <= 2);
+    // 40 messages (a heavy batch, then a marker, 20 times) through a channel of 2. When the
+    // last `mark` returns, at most 2 messages wait in the queue and the reducer holds one more,
+    // so it must already have taken, and answered, every marker but the last two: each `send`
+    // blocked until the reducer made room. An unbounded queue would return at once, long
+    // before the reducer gets through the first few products.
+    let (producer, reducer) = pipeline::spawn(Stats::new(256).with_threads(1), 2);
+    let marks: Vec<_> = (0..20)
+        .map(|_| {
+            producer
+                .send(Batch::new(vec![0.5f32; 1024 * 256], vec![1; 1024]))
+                .unwrap();
+            producer.mark().unwrap()
+        })
+        .collect();
+    for (i, mark) in marks[..18].iter().enumerate() {
+        assert!(mark.is_applied(), "marker {i} is still queued: the producer never waited");
     }
-    assert!(producer.queued() <= 2);
     drop(producer);
-    assert_eq!(reducer.join().unwrap().samples(), 20 * 256);
+    assert_eq!(reducer.join().unwrap().samples(), 20 * 1024);
 }
 
 #[test]

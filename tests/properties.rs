@@ -97,7 +97,7 @@ proptest! {
 
     #[test]
     fn any_split_into_batches_and_producers_gives_the_same_state(
-        rows in batch(true).prop_flat_map(|_| proptest::collection::vec(batch(true), 1..6)),
+        rows in proptest::collection::vec(batch(true), 1..6),
         producers in 1usize..4,
         batch_size in 1usize..5,
     ) {
