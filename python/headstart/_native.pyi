@@ -19,7 +19,9 @@ class Stats:
     threads: int
     """Threads computing each batch's product (settable; 0 means every available core)."""
     def update(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
-        """Adds (B, d) float32/float64 features and (B,) integer labels; ValueError on bad input, with no change."""
+        """Adds (B, d) float32/float64 features (any layout; other dtypes raise ValueError: convert
+        first, e.g. x.astype(np.float32)) and (B,) integer labels; ValueError on bad input, with
+        no change. Safe to call from several threads on one Stats: calls take turns."""
     def retract(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Removes a batch added since the last task boundary; ValueError if it is not held."""
     def merge(self, other: Stats) -> None:

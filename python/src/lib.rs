@@ -1,14 +1,22 @@
 //! Python bindings of headstart: `headstart.Stats` and `headstart.Head` (module
 //! `headstart._native`, re-exported by `headstart/__init__.py`).
 //!
-//! Arrays cross without a copy when they already are C-contiguous float32/float64 features
-//! and int64 labels; anything else goes through `numpy.ascontiguousarray` once. The
-//! arithmetic runs with the GIL released. Every error is a Python exception carrying the
-//! Rust error's message: `ValueError` for bad input (which never changes the state),
-//! `OSError` for files.
+//! Features must be float32 or float64, as the CLI's `.npy` reader takes them; any other
+//! dtype (integers, float16, ...) is refused with a `ValueError` saying to convert first.
+//! Labels may be any integer dtype. Any memory layout is accepted (C, Fortran, strided):
+//! each batch is copied once, with the GIL released, into an owned buffer that is both
+//! validated and added, so a thread writing the arrays meanwhile cannot slip unvalidated
+//! values into the state. The arithmetic runs with the GIL released.
+//!
+//! A `Stats` keeps its state behind a mutex that is only ever waited for with the GIL
+//! released: several Python threads may call one `Stats` at once, and their calls take turns.
+//!
+//! Every error is a Python exception carrying the Rust error's message: `ValueError` for bad
+//! input (which never changes the state), `OSError` for files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use headstart::export;
 use headstart::snapshot::{self, SnapshotError};
@@ -16,6 +24,7 @@ use headstart::solve::{
     Form, Head as CoreHead, Lambda, Scope, SolveOptions, Solver, default_lambda_grid, select_lambda,
 };
 use headstart::stats::{Precision, SegmentParts, Stats as CoreStats, StatsParts};
+use numpy::ndarray::{ArrayView1, ArrayView2};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -32,7 +41,7 @@ fn snapshot_error(e: SnapshotError) -> PyErr {
     }
 }
 
-/// Features as a borrowed, C-contiguous 2-D array of either float type.
+/// Features as a borrowed 2-D array of either float type, in any memory layout.
 enum FeaturesArg<'py> {
     F32(PyReadonlyArray2<'py, f32>),
     F64(PyReadonlyArray2<'py, f64>),
@@ -56,14 +65,12 @@ fn contiguous<'py>(obj: &Bound<'py, PyAny>, dtype: &str) -> PyResult<Bound<'py, 
 }
 
 fn features_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<FeaturesArg<'py>> {
-    if let Ok(a) = obj.cast::<PyArray2<f32>>()
-        && a.is_c_contiguous()
-    {
+    // Native float32/float64 arrays of any layout are borrowed as they are: `OwnedRows`
+    // copies them once, in row order.
+    if let Ok(a) = obj.cast::<PyArray2<f32>>() {
         return Ok(FeaturesArg::F32(a.try_readonly().map_err(value_error)?));
     }
-    if let Ok(a) = obj.cast::<PyArray2<f64>>()
-        && a.is_c_contiguous()
-    {
+    if let Ok(a) = obj.cast::<PyArray2<f64>>() {
         return Ok(FeaturesArg::F64(a.try_readonly().map_err(value_error)?));
     }
     let np = obj.py().import("numpy")?;
@@ -75,15 +82,17 @@ fn features_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<FeaturesArg<'py>> {
             "features must be a 2-D array (B, d), got shape {shape:?}"
         )));
     }
-    let dtype = array.getattr("dtype")?;
-    let (kind, name): (String, String) = (
-        dtype.getattr("kind")?.extract()?,
-        dtype.getattr("name")?.extract()?,
-    );
-    let target = match (kind.as_str(), name.as_str()) {
-        (_, "float32") => "float32",
-        ("f" | "i" | "u" | "b", _) => "float64",
-        _ => return Err(value_error(format!("features must be numeric, got dtype {name}"))),
+    // Only the two dtypes the CLI's .npy reader takes (here also in a non-native byte order
+    // or from a list of floats); anything else would be a silent, lossy or costly widening.
+    let name: String = array.getattr("dtype")?.getattr("name")?.extract()?;
+    let target = match name.as_str() {
+        "float32" | "float64" => name.as_str(),
+        _ => {
+            return Err(value_error(format!(
+                "features must be float32 or float64 (as the CLI's .npy reader), got dtype \
+                 {name}; convert them first, e.g. x.astype(np.float32)"
+            )));
+        }
     };
     let converted = contiguous(&array, target)?;
     if target == "float32" {
@@ -141,18 +150,97 @@ fn labels_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, i6
 /// `Stats(dim, precision="exact", threads=None)`; `precision="fast"` computes each batch's
 /// product in float32 (totals stay float64); `threads` computes it on that many threads
 /// (None or 0: every available core).
-#[pyclass(name = "Stats", module = "headstart")]
+///
+/// Safe to share between Python threads: the state sits behind a mutex, waited for with the
+/// GIL released, so concurrent calls take turns (the class is `frozen`: no call ever borrows
+/// it mutably, so none can fail with "Already borrowed").
+#[pyclass(name = "Stats", module = "headstart", frozen)]
 struct PyStats {
-    inner: CoreStats,
+    /// The statistics; lock through [`PyStats::with_state`] or [`PyStats::quick`] only.
+    inner: Mutex<CoreStats>,
+    /// The feature dimension (fixed at creation), readable without the lock.
+    dim: usize,
     solver: Solver,
+}
+
+/// Feature rows of either float type, borrowed from the caller's array (any layout).
+enum RowsView<'a> {
+    F32(ArrayView2<'a, f32>),
+    F64(ArrayView2<'a, f64>),
+}
+
+/// A batch's features copied out of the caller's array, in row order. Validation and the
+/// update both read this copy, so they see the same values whatever other threads do to the
+/// array meanwhile.
+enum OwnedRows {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl RowsView<'_> {
+    /// Copies the rows once (a memcpy for a C-contiguous array, an ordered walk otherwise).
+    fn to_owned_rows(&self) -> OwnedRows {
+        fn copy<T: Copy>(view: &ArrayView2<'_, T>) -> Vec<T> {
+            match view.as_slice() {
+                Some(slice) => slice.to_vec(),
+                None => view.iter().copied().collect(),
+            }
+        }
+        match self {
+            RowsView::F32(v) => OwnedRows::F32(copy(v)),
+            RowsView::F64(v) => OwnedRows::F64(copy(v)),
+        }
+    }
+}
+
+/// Copies the labels once (see [`OwnedRows`]).
+fn owned_labels(view: &ArrayView1<'_, i64>) -> Vec<i64> {
+    match view.as_slice() {
+        Some(slice) => slice.to_vec(),
+        None => view.iter().copied().collect(),
+    }
 }
 
 impl PyStats {
     fn wrap(inner: CoreStats) -> Self {
         PyStats {
-            inner,
+            dim: inner.dim(),
+            inner: Mutex::new(inner),
             solver: Solver::new(),
         }
+    }
+
+    /// The state, locked. A panic inside an earlier call poisons the mutex; the state's own
+    /// methods check a batch before changing anything, so the state is still whole and the
+    /// lock is taken over.
+    fn lock(&self) -> MutexGuard<'_, CoreStats> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the locked state with the GIL released: waiting for another thread's call
+    /// never holds the GIL (which that call might need to finish) and never stalls other
+    /// Python threads.
+    fn with_state<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut CoreStats) -> R + Send) -> R {
+        py.detach(|| f(&mut self.lock()))
+    }
+
+    /// [`with_state`](Self::with_state) for cheap reads: runs `f` at once, GIL held, when
+    /// the lock is free, and waits with the GIL released otherwise.
+    fn quick<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&CoreStats) -> R + Send) -> R {
+        match self.inner.try_lock() {
+            Ok(state) => f(&state),
+            Err(_) => self.with_state(py, |state| f(state)),
+        }
+    }
+
+    /// A copy of the state.
+    fn snapshot(&self, py: Python<'_>) -> CoreStats {
+        self.with_state(py, |state| state.clone())
+    }
+
+    /// The state, for a `PyStats` that nobody else holds.
+    fn into_core(self) -> CoreStats {
+        self.inner.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn checked<'py>(
@@ -163,16 +251,38 @@ impl PyStats {
         let x = features_arg(features)?;
         let y = labels_arg(labels)?;
         let (rows, cols) = x.shape();
-        if cols != self.inner.dim() {
+        if cols != self.dim {
             return Err(value_error(format!(
                 "features have {cols} columns but the state's dimension is {}",
-                self.inner.dim()
+                self.dim
             )));
         }
         if rows != y.len() {
             return Err(value_error(format!("{rows} feature rows but {} labels", y.len())));
         }
         Ok((x, y))
+    }
+
+    /// Checks and borrows a batch; then, with the GIL released, copies it once and runs `op`
+    /// on the locked state with that copy (which `op` validates and uses).
+    fn with_batch(
+        &self,
+        py: Python<'_>,
+        features: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        op: impl FnOnce(&mut CoreStats, &OwnedRows, &[i64]) -> PyResult<()> + Send,
+    ) -> PyResult<()> {
+        let (x, y) = self.checked(features, labels)?;
+        let rows = match &x {
+            FeaturesArg::F32(a) => RowsView::F32(a.as_array()),
+            FeaturesArg::F64(a) => RowsView::F64(a.as_array()),
+        };
+        let y = y.as_array();
+        py.detach(|| {
+            // Copied before the lock is taken: concurrent callers copy in parallel.
+            let (rows, labels) = (rows.to_owned_rows(), owned_labels(&y));
+            op(&mut self.lock(), &rows, &labels)
+        })
     }
 }
 
@@ -190,41 +300,19 @@ fn lambda_arg(obj: &Bound<'_, PyAny>) -> PyResult<LambdaArg> {
         return text.parse::<Lambda>().map(LambdaArg::Fixed).map_err(value_error);
     }
     if obj.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(value_error("lam must be a number, \"rel\", \"rel:R\" or \"auto\", got a bool"));
+        return Err(value_error(
+            "lam must be a number, \"rel\", \"rel:R\" or \"auto\", got a bool",
+        ));
     }
     let v: f64 = obj
         .extract()
         .map_err(|_| value_error("lam must be a number, \"rel\", \"rel:R\" or \"auto\""))?;
     if !(v.is_finite() && v >= 0.0) {
-        return Err(value_error(format!("lambda must be a finite number ≥ 0, got {v}")));
+        return Err(value_error(format!(
+            "lambda must be a finite number ≥ 0, got {v}"
+        )));
     }
     Ok(LambdaArg::Fixed(Lambda::Absolute(v)))
-}
-
-/// Borrowed feature rows of either float type.
-enum Rows<'a> {
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-}
-
-impl PyStats {
-    /// Checks and borrows a batch, then runs `op` on the state with the GIL released.
-    fn with_batch(
-        &mut self,
-        py: Python<'_>,
-        features: &Bound<'_, PyAny>,
-        labels: &Bound<'_, PyAny>,
-        op: impl FnOnce(&mut CoreStats, Rows<'_>, &[i64]) -> PyResult<()> + Send,
-    ) -> PyResult<()> {
-        let (x, y) = self.checked(features, labels)?;
-        let y = y.as_slice().map_err(value_error)?;
-        let rows = match &x {
-            FeaturesArg::F32(a) => Rows::F32(a.as_slice().map_err(value_error)?),
-            FeaturesArg::F64(a) => Rows::F64(a.as_slice().map_err(value_error)?),
-        };
-        let inner = &mut self.inner;
-        py.detach(|| op(inner, rows, y))
-    }
 }
 
 #[pymethods]
@@ -243,112 +331,109 @@ impl PyStats {
         Ok(PyStats::wrap(stats))
     }
 
-    /// Adds a batch: `features` (B, d) float32/float64, `labels` (B,) integers. Arrays that are
-    /// already C-contiguous float32/float64 and int64 are read in place. A rejected batch
-    /// (shape, NaN/inf, magnitude) raises ValueError and changes nothing.
-    fn update(
-        &mut self,
-        py: Python<'_>,
-        features: &Bound<'_, PyAny>,
-        labels: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+    /// Adds a batch: `features` (B, d) float32/float64 (any other dtype raises ValueError),
+    /// `labels` (B,) integers. The batch is copied once, in any layout, then checked and added
+    /// from that copy. A rejected batch (dtype, shape, NaN/inf, magnitude) raises ValueError
+    /// and changes nothing.
+    fn update(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> PyResult<()> {
         self.with_batch(py, features, labels, |stats, x, y| match x {
-            Rows::F32(x) => stats.update(x, y).map_err(value_error),
-            Rows::F64(x) => stats.update(x, y).map_err(value_error),
+            OwnedRows::F32(x) => stats.update(x, y).map_err(value_error),
+            OwnedRows::F64(x) => stats.update(x, y).map_err(value_error),
         })
     }
 
     /// Removes a batch added since the last task boundary (unlearning); ValueError, with no
     /// change, if the state does not hold those samples.
     fn retract(
-        &mut self,
+        &self,
         py: Python<'_>,
         features: &Bound<'_, PyAny>,
         labels: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         self.with_batch(py, features, labels, |stats, x, y| match x {
-            Rows::F32(x) => stats.retract(x, y).map_err(value_error),
-            Rows::F64(x) => stats.retract(x, y).map_err(value_error),
+            OwnedRows::F32(x) => stats.retract(x, y).map_err(value_error),
+            OwnedRows::F64(x) => stats.retract(x, y).map_err(value_error),
         })
     }
 
     /// Adds another state's statistics (exact; the empty state is the identity).
-    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
-        let other = other.borrow().inner.clone();
-        slf.borrow_mut().inner.merge(&other).map_err(value_error)
+    fn merge(&self, py: Python<'_>, other: &Bound<'_, Self>) -> PyResult<()> {
+        // A copy, so that no call holds two locks (no lock order, and `a.merge(a)` works).
+        let other = other.get().snapshot(py);
+        self.with_state(py, |state| state.merge(&other).map_err(value_error))
     }
 
     /// Marks a task boundary: `solve(scope="task")` then sees only what arrives afterwards.
-    fn begin_task(&mut self) {
-        self.inner.begin_task();
+    fn begin_task(&self, py: Python<'_>) {
+        self.with_state(py, |state| state.begin_task());
     }
 
     /// Samples N.
     #[getter]
-    fn n(&self) -> u64 {
-        self.inner.samples()
+    fn n(&self, py: Python<'_>) -> u64 {
+        self.quick(py, |s| s.samples())
     }
 
     /// Samples since the last task boundary.
     #[getter]
-    fn task_n(&self) -> u64 {
-        self.inner.task_samples()
+    fn task_n(&self, py: Python<'_>) -> u64 {
+        self.quick(py, |s| s.task_samples())
     }
 
     /// Feature dimension d.
     #[getter]
     fn dim(&self) -> usize {
-        self.inner.dim()
+        self.dim
     }
 
     /// Task boundaries marked so far.
     #[getter]
-    fn tasks_begun(&self) -> u64 {
-        self.inner.tasks_begun()
+    fn tasks_begun(&self, py: Python<'_>) -> u64 {
+        self.quick(py, |s| s.tasks_begun())
     }
 
     /// `"exact"` or `"fast"`.
     #[getter]
-    fn precision(&self) -> String {
-        self.inner.precision().to_string()
+    fn precision(&self, py: Python<'_>) -> String {
+        self.quick(py, |s| s.precision().to_string())
     }
 
     /// Threads computing each batch's product (settable; 0 means every available core).
     #[getter]
-    fn threads(&self) -> usize {
-        self.inner.threads()
+    fn threads(&self, py: Python<'_>) -> usize {
+        self.quick(py, |s| s.threads())
     }
 
     #[setter]
-    fn set_threads(&mut self, threads: usize) {
-        self.inner.set_threads(threads);
+    fn set_threads(&self, py: Python<'_>, threads: usize) {
+        self.with_state(py, |s| s.set_threads(threads));
     }
 
     /// Class ids seen, ascending.
     #[getter]
-    fn classes(&self) -> Vec<i64> {
-        self.inner.classes()
+    fn classes(&self, py: Python<'_>) -> Vec<i64> {
+        self.quick(py, |s| s.classes())
     }
 
     /// Class ids with samples since the last task boundary, ascending.
     #[getter]
-    fn task_classes(&self) -> Vec<i64> {
-        self.inner.task_classes()
+    fn task_classes(&self, py: Python<'_>) -> Vec<i64> {
+        self.quick(py, |s| s.task_classes())
     }
 
     /// Samples of class `id` (0 if never seen).
-    fn class_count(&self, id: i64) -> u64 {
-        self.inner.class_count(id)
+    fn class_count(&self, py: Python<'_>, id: i64) -> u64 {
+        self.quick(py, |s| s.class_count(id))
     }
 
     /// An independent copy.
-    fn copy(&self) -> Self {
-        PyStats::wrap(self.inner.clone())
+    fn copy(&self, py: Python<'_>) -> Self {
+        PyStats::wrap(self.snapshot(py))
     }
 
     /// Writes the state file (the CLI's `.hs` format), atomically.
-    fn save(&self, path: PathBuf) -> PyResult<()> {
-        snapshot::write(&path, &self.inner).map_err(snapshot_error)
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        self.with_state(py, |s| snapshot::write(&path, s).map_err(snapshot_error))
     }
 
     /// Reads a state file written by `save`, `headstart ingest` or `headstart serve`.
@@ -359,7 +444,8 @@ impl PyStats {
 
     /// The state file's bytes.
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &snapshot::encode(&self.inner))
+        let bytes = self.with_state(py, |s| snapshot::encode(s));
+        PyBytes::new(py, &bytes)
     }
 
     /// A state from `to_bytes` output.
@@ -373,7 +459,7 @@ impl PyStats {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let py = slf.py();
         let from_bytes = py.get_type::<PyStats>().getattr("from_bytes")?;
-        Ok((from_bytes, (slf.borrow().to_bytes(py),)))
+        Ok((from_bytes, (slf.get().to_bytes(py),)))
     }
 
     /// Solves a head. `form`: "nc" (Harun & Kanan, Eq. 3) or "ridge"; `classes`: ids in row
@@ -408,27 +494,29 @@ impl PyStats {
             bias,
             classes,
         };
-        let (solver, inner) = (&self.solver, &self.inner);
-        match rule {
+        // For lam="auto": the held-out statistics and the grid.
+        let auto = match rule {
             LambdaArg::Fixed(lambda) => {
                 if val.is_some() || grid.is_some() {
                     return Err(value_error("val and grid only apply with lam=\"auto\""));
                 }
                 opts.lambda = lambda;
+                None
             }
             LambdaArg::Auto => {
                 let val = val.ok_or_else(|| {
                     value_error("lam=\"auto\" needs held-out data: val=Stats or val=(features, labels)")
                 })?;
                 let held_out = match val.cast::<PyStats>() {
-                    Ok(stats) => stats.borrow().inner.clone(),
+                    // A copy: the solve below then holds only this state's lock.
+                    Ok(stats) => stats.get().snapshot(py),
                     Err(_) => {
-                        let (x, y): (Bound<'_, PyAny>, Bound<'_, PyAny>) = val.extract().map_err(|_| {
-                            value_error("val must be a Stats or a (features, labels) pair")
-                        })?;
-                        let mut held_out = PyStats::wrap(CoreStats::new(inner.dim()));
+                        let (x, y): (Bound<'_, PyAny>, Bound<'_, PyAny>) = val
+                            .extract()
+                            .map_err(|_| value_error("val must be a Stats or a (features, labels) pair"))?;
+                        let held_out = PyStats::wrap(CoreStats::new(self.dim));
                         held_out.update(py, &x, &y)?;
-                        held_out.inner
+                        held_out.into_core()
                     }
                 };
                 if held_out.samples() == 0 {
@@ -444,20 +532,23 @@ impl PyStats {
                         })
                         .collect::<PyResult<Vec<Lambda>>>()?,
                 };
-                let choice = py
-                    .detach(|| select_lambda(solver, inner, &held_out, &opts, &grid))
-                    .map_err(value_error)?;
+                Some((held_out, grid))
+            }
+        };
+        let solver = &self.solver;
+        self.with_state(py, move |state| {
+            if let Some((held_out, grid)) = auto {
+                let choice = select_lambda(solver, state, &held_out, &opts, &grid).map_err(value_error)?;
                 opts.lambda = choice.best;
             }
-        }
-        py.detach(|| solver.solve(inner, &opts))
-            .map(|inner| PyHead { inner })
-            .map_err(value_error)
+            solver.solve(state, &opts).map_err(value_error)
+        })
+        .map(|inner| PyHead { inner })
     }
 
     /// The statistics as plain arrays (a dict), for collectives such as an all-reduce.
     fn _parts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let parts = self.inner.to_parts();
+        let parts = self.with_state(py, |s| s.to_parts());
         let out = PyDict::new(py);
         out.set_item("dim", parts.dim)?;
         out.set_item("tasks_begun", parts.tasks_begun)?;
@@ -535,21 +626,30 @@ impl PyStats {
             .map_err(value_error)
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "Stats(dim={}, n={}, classes={}, tasks_begun={}, precision='{}')",
-            self.inner.dim(),
-            self.inner.samples(),
-            self.inner.classes().len(),
-            self.inner.tasks_begun(),
-            self.inner.precision()
-        )
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.quick(py, |s| {
+            format!(
+                "Stats(dim={}, n={}, classes={}, tasks_begun={}, precision='{}')",
+                s.dim(),
+                s.samples(),
+                s.classes().len(),
+                s.tasks_begun(),
+                s.precision()
+            )
+        })
     }
 
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other
-            .cast::<PyStats>()
-            .is_ok_and(|o| o.borrow().inner == self.inner)
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> bool {
+        let Ok(other) = other.cast::<PyStats>() else {
+            return false;
+        };
+        let other = other.get();
+        if std::ptr::eq(self, other) {
+            return true; // a state holds no NaN, so it equals itself
+        }
+        // A copy of one side, so that no call holds two locks.
+        let theirs = other.snapshot(py);
+        self.with_state(py, |s| *s == theirs)
     }
 }
 

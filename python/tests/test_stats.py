@@ -118,11 +118,134 @@ def test_float32_input_is_read_in_place_and_widened_exactly(data):
     s32 = stats_of(x32, y)
     s64 = stats_of(x32.astype(np.float64), y)
     assert s32 == s64
-    # Non-contiguous and integer-label inputs are converted, with the same result.
-    s = headstart.Stats(7)
-    s.update(np.asfortranarray(x32), y.astype(np.int16))
-    s.update(x32[::-1][::-1], y.astype(np.uint8) * 0 + y)
-    assert s.n == 1200
+    # Any layout is accepted (copied once, in row order) and integer labels of any width are
+    # widened: the same state as from C-contiguous float32 rows and int64 labels.
+    wide = np.zeros((len(y), 14), dtype=np.float32)
+    wide[:, ::2] = x32
+    strided, fortran, reversed_rows = wide[:, ::2], np.asfortranarray(x32), x32[::-1]
+    for a in (strided, fortran, reversed_rows):
+        assert not a.flags.c_contiguous
+    assert not strided.flags.f_contiguous
+    s, reference = headstart.Stats(7), headstart.Stats(7)
+    s.update(strided, y.astype(np.int16))
+    s.update(fortran, y.astype(np.int8))
+    s.update(reversed_rows, y[::-1])
+    s.update(wide[::2, ::2], y[::2])  # strided in both directions
+    for a, labels in [(strided, y), (fortran, y), (reversed_rows, y[::-1]), (wide[::2, ::2], y[::2])]:
+        reference.update(np.ascontiguousarray(a), np.ascontiguousarray(labels, dtype=np.int64))
+    assert s == reference and s.n == 2100
+    s.retract(wide[::2, ::2], y[::2])  # retract reads the same way
+    reference.retract(np.ascontiguousarray(wide[::2, ::2]), y[::2].copy())
+    assert s == reference and s.n == 1800
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int64, np.float16, np.bool_, np.complex64, np.longdouble])
+def test_features_other_than_float32_or_float64_are_refused_like_the_cli(data, dtype):
+    x, y = data
+    s = stats_of(x, y)
+    before = s.copy()
+    name = np.dtype(dtype).name
+    if name in ("float64", "float32"):  # np.longdouble is float64 on some platforms
+        pytest.skip(f"np.longdouble is {name} here")
+    message = rf"features must be float32 or float64.*got dtype {name}.*x\.astype\(np\.float32\)"
+    bad = x[:4].astype(dtype)
+    with pytest.raises(ValueError, match=message):
+        s.update(bad, y[:4])
+    with pytest.raises(ValueError, match=message):
+        s.retract(bad, y[:4])
+    with pytest.raises(ValueError, match=message):
+        s.solve(lam="auto", val=(bad, y[:4]))
+    assert s == before
+    # Both float types pass in either byte order and from a list; labels of any integer dtype.
+    s.update(x[:4].astype(">f4"), y[:4].astype(np.int8))
+    s.update(x[:4].astype(">f8"), y[:4].astype(">u2"))
+    s.update(x[:4].tolist(), y[:4].tolist())
+    assert s.n == before.n + 12
+
+
+def test_threads_sharing_one_stats_take_turns():
+    """Concurrent update/solve/merge/getters from several threads wait for each other (no
+    "Already borrowed") and add up to the sequential state."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    d, batch, workers = 96, 400, 4
+    x = rng.standard_normal((8 * workers * batch // 2, d))
+    y = rng.integers(0, 6, len(x))
+    chunks = [(x[i : i + batch], y[i : i + batch]) for i in range(0, len(y), batch)]
+    s = headstart.Stats(d)
+    other = headstart.Stats(d)  # merged in (empty: the identity) while updates run
+    failures = []
+    start = threading.Barrier(workers)
+
+    def work(k):
+        try:
+            start.wait()
+            for xb, yb in chunks[k::workers]:
+                s.update(xb, yb)
+                s.solve(lam=0.1)
+                s.merge(other)
+                other.merge(headstart.Stats(d))
+                assert s.n >= len(yb) and s.dim == d and s.classes and repr(s)
+                s.threads = 0
+                s.copy()
+        except BaseException as e:  # PanicException is a BaseException
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert s.n == len(y) and sorted(s.classes) == sorted(set(y.tolist()))
+    parts = s._parts()["task"]
+    gram = np.zeros((d, d))
+    col, row = np.triu_indices(d)
+    gram[row, col] = parts["gram_lower"]
+    assert rel_err(np.tril(gram), np.tril(x.T @ x)) < 1e-12  # batches added in another order
+    sequential = stats_of(x, y, batch=batch)
+    assert rel_err(s.solve().weight, sequential.solve().weight) < 1e-10
+
+
+def test_a_batch_written_during_update_never_puts_nan_into_the_state():
+    """Another thread flips a value between NaN and 1 while updates run: every update is
+    either refused (it saw the NaN) or adds finite values, never a NaN it did not check."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2048, 256))
+    y = rng.integers(0, 3, len(x))
+    s = headstart.Stats(256, threads=1)
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            x[-1, -1] = np.nan
+            x[-1, -1] = 1.0
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    added = refused = 0
+    deadline = time.monotonic() + 4.0
+    try:
+        while time.monotonic() < deadline and added + refused < 300:
+            try:
+                s.update(x, y)
+                added += 1
+            except ValueError as e:
+                assert "NaN" in str(e) or "finite" in str(e), e
+                refused += 1
+            if added and not np.isfinite(s._parts()["task"]["gram_lower"]).all():
+                break
+    finally:
+        stop.set()
+        thread.join()
+    parts = s._parts()["task"]
+    assert np.isfinite(parts["gram_lower"]).all() and np.isfinite(parts["sum"]).all(), (added, refused)
+    assert np.isfinite(parts["class_sums"]).all()
+    assert added > 0
 
 
 def test_merge_equals_one_stream_and_retract_undoes_update(data):
