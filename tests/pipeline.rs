@@ -96,7 +96,10 @@ fn a_full_channel_blocks_the_producer() {
         })
         .collect();
     for (i, mark) in marks[..18].iter().enumerate() {
-        assert!(mark.is_applied(), "marker {i} is still queued: the producer never waited");
+        assert!(
+            mark.is_applied(),
+            "marker {i} is still queued: the producer never waited"
+        );
     }
     drop(producer);
     assert_eq!(reducer.join().unwrap().samples(), 20 * 1024);

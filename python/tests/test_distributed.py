@@ -1,7 +1,6 @@
 """headstart.torch.all_reduce on gloo with several CPU processes. Skipped without torch."""
 
 import os
-import socket
 import sys
 
 import numpy as np
@@ -24,9 +23,9 @@ def shard(rank):
     return make_data(100 + rank, 200 + 37 * rank, D, classes)
 
 
-def worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank, world, rendezvous, out_dir):
+    # A rendezvous file instead of a TCP port: no race for a free port with other processes.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     import headstart
     from headstart.torch import all_reduce
 
@@ -41,17 +40,12 @@ def worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_all_reduce_gives_every_rank_the_statistics_of_all_data(tmp_path, world):
     import headstart
 
-    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    rendezvous = tmp_path / "rendezvous"
+    mp.spawn(worker, args=(world, str(rendezvous), str(tmp_path)), nprocs=world, join=True)
     # The single-process reference: every rank's data in one state, the same task boundary.
     single = headstart.Stats(D)
     for rank in range(world):
