@@ -7,7 +7,6 @@
 //! `docs/formats.md` specifies the file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -126,32 +125,16 @@ pub fn write_head(
     write_atomically(path, &to_safetensors(head, prefix, extra))
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder;
+/// see [`crate::atomic::write`]).
 ///
 /// # Errors
 /// [`ExportError::Io`] naming the path.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let io = |source| ExportError::Io {
+    crate::atomic::write(path, bytes).map_err(|source| ExportError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".headstart-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // Makes the rename durable; some file systems refuse fsync on folders, which is harmless.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// A weight matrix read from a safetensors file, widened to f64.

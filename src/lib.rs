@@ -9,6 +9,7 @@
 //! - [`solve`]: LS heads (`nc`, `ridge`) for any class subset, and λ selection from held-out
 //!   statistics.
 //! - [`export`]: safetensors heads that PyTorch loads.
+//! - [`atomic`]: atomic file replacement for heads and state files.
 //! - [`ingest`]: streaming `.npy` readers.
 //! - [`demo`]: the class-incremental demonstration on bundled real data.
 //!
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod demo;
 pub mod export;
 pub mod ingest;

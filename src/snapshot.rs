@@ -33,7 +33,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::export::{ExportError, write_atomically};
 use crate::stats::{Stats, StatsParts};
 
 /// The first 8 bytes of every state file.
@@ -255,11 +254,8 @@ pub fn read_with_dim(path: &Path, dim: usize) -> Result<Stats, SnapshotError> {
 /// # Errors
 /// [`SnapshotError::Io`].
 pub fn write(path: &Path, stats: &Stats) -> Result<(), SnapshotError> {
-    write_atomically(path, &encode(stats)).map_err(|e| match e {
-        ExportError::Io { path, source } => SnapshotError::Io { path, source },
-        other => SnapshotError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(other.to_string()),
-        },
+    crate::atomic::write(path, &encode(stats)).map_err(|source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }

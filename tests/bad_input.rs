@@ -230,3 +230,131 @@ fn task_scope_refuses_classes_only_seen_before_the_marker() {
         .unwrap();
     assert_eq!(head.class_ids, vec![3]);
 }
+
+mod cli_errors {
+    //! The CLI's error line: each message once, naming the path the user gave.
+
+    use std::path::Path;
+    use std::process::Command;
+
+    use headstart::ingest::npy::{write_f32, write_i64};
+
+    /// Runs headstart, expects failure, and returns stderr.
+    fn fails(args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_headstart"))
+            .args(args)
+            .output()
+            .expect("running headstart");
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn pair(dir: &Path) -> (String, String) {
+        let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+        write_f32(&xp, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2).unwrap();
+        write_i64(&yp, &[1, 2, 1]).unwrap();
+        (s(&xp), s(&yp))
+    }
+
+    fn s(p: &Path) -> String {
+        p.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn os_errors_appear_once_and_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = pair(dir.path());
+        let missing = s(&dir.path().join("nope.npy"));
+        let out = s(&dir.path().join("h.safetensors"));
+        let err = fails(&["fit", "--features", &missing, "--labels", &y, "--out", &out]);
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+        assert!(err.contains(&missing), "{err}");
+
+        let folder = s(dir.path());
+        let err = fails(&["solve", "--state", &folder, "--out", &out]);
+        assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+        assert!(err.contains(&folder), "{err}");
+
+        // A safetensors file whose header length is absurd.
+        let bad = dir.path().join("bad.safetensors");
+        std::fs::write(&bad, u64::MAX.to_le_bytes()).unwrap();
+        let err = fails(&[
+            "fit",
+            "--features",
+            &x,
+            "--labels",
+            &y,
+            "--out",
+            &out,
+            "--match-norm",
+            &s(&bad),
+        ]);
+        assert!(err.contains(&s(&bad)), "{err}");
+        let first = err.trim_start_matches("error: ").trim_end();
+        let parts: Vec<&str> = first.split(": ").collect();
+        let mut unique = parts.clone();
+        unique.dedup();
+        assert_eq!(parts, unique, "a message repeats: {err}");
+    }
+
+    #[test]
+    fn a_bad_output_path_fails_first_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = pair(dir.path());
+        let out = s(&dir.path().join("no-such-folder").join("h.safetensors"));
+        // The features do not exist either: the output is checked before any input is read.
+        let missing = s(&dir.path().join("nope.npy"));
+        for features in [&x, &missing] {
+            let err = fails(&["fit", "--features", features, "--labels", &y, "--out", &out]);
+            assert!(err.contains(&format!("--out {out}")), "{err}");
+            assert!(err.contains("does not exist"), "{err}");
+            assert!(!err.contains(".headstart-") && !err.contains("at path"), "{err}");
+        }
+        let folder = s(dir.path());
+        let err = fails(&["fit", "--features", &missing, "--labels", &y, "--out", &folder]);
+        assert!(
+            err.contains(&format!("--out {folder}")) && err.contains("is a folder"),
+            "{err}"
+        );
+
+        let state = s(&dir.path().join("no-such-folder").join("s.hs"));
+        let err = fails(&[
+            "ingest",
+            "--features",
+            &missing,
+            "--labels",
+            &y,
+            "--state",
+            &state,
+        ]);
+        assert!(err.contains(&format!("--state {state}")), "{err}");
+        let err = fails(&["solve", "--state", &missing, "--out", &out]);
+        assert!(err.contains(&format!("--out {out}")), "{err}");
+    }
+
+    #[test]
+    fn float16_features_and_a_folder_are_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, y) = pair(dir.path());
+        let out = s(&dir.path().join("h.safetensors"));
+        let x16 = dir.path().join("x16.npy");
+        let header = "{'descr': '<f2', 'fortran_order': False, 'shape': (3, 2), }";
+        let header = format!("{header:<117}\n");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0u8; 12]);
+        std::fs::write(&x16, bytes).unwrap();
+        let err = fails(&["fit", "--features", &s(&x16), "--labels", &y, "--out", &out]);
+        assert!(
+            err.contains("float16 ('<f2') is not supported: convert to float32"),
+            "{err}"
+        );
+        assert!(!err.contains("data bytes"), "{err}");
+
+        let folder = s(dir.path());
+        let err = fails(&["fit", "--features", &folder, "--labels", &y, "--out", &out]);
+        assert!(err.contains(&folder) && err.contains("is a directory"), "{err}");
+        assert!(!err.contains("preamble"), "{err}");
+    }
+}

@@ -14,6 +14,7 @@ use headstart::solve::{SolveOptions, Solver};
 use headstart::stats::{Batch, Precision, Stats};
 use indicatif::ProgressBar;
 
+use super::plural;
 use super::stream::progress_bar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -122,7 +123,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let batches = ((pool_bytes / batch_bytes).ceil() as usize).max(1);
     let started = Instant::now();
     let pool = generate_pool(&args, batches);
-    println!(
+    outln!(
         "headstart bench: d={} B={} C={} N={} producers={} reducers={} threads={} precision={} input={} {}",
         args.dim,
         args.batch,
@@ -134,13 +135,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.precision,
         if args.input == Input::F32 { "f32" } else { "f64" },
         if args.direct { "direct" } else { "pipeline" },
-    );
-    println!(
-        "pool: {batches} batches, {:.0} MiB (last-level cache {}), generated in {:.1} s",
+    )?;
+    outln!(
+        "pool: {}, {:.0} MiB (last-level cache {}), generated in {:.1} s",
+        plural(batches as u64, "batch", "batches"),
         batches as f64 * batch_bytes / MIB,
         llc.map_or("unknown".into(), |b| format!("{:.0} MiB", b as f64 / MIB)),
         started.elapsed().as_secs_f64()
-    );
+    )?;
 
     let total_batches = args.samples.div_ceil(args.batch as u64);
     let progress = progress_bar(total_batches * args.batch as u64, "samples");
@@ -163,7 +165,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?
     };
     progress.finish_and_clear();
-    report(&args, &stats, elapsed, batches as f64 * batch_bytes);
+    report(&args, &stats, elapsed, batches as f64 * batch_bytes)?;
     Ok(())
 }
 
@@ -274,7 +276,7 @@ fn stream_direct(
     Ok((start.elapsed(), stats))
 }
 
-fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) {
+fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) -> anyhow::Result<()> {
     let seconds = elapsed.as_secs_f64();
     let samples = stats.samples() as f64;
     let d = args.dim as f64;
@@ -284,12 +286,12 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) {
         Precision::Exact => args.peak_gflops,
         Precision::Fast => 2.0 * args.peak_gflops,
     };
-    println!(
-        "time: {seconds:.3} s for {} samples in {} batches",
-        stats.samples(),
-        stats.samples().div_ceil(args.batch as u64)
-    );
-    println!(
+    outln!(
+        "time: {seconds:.3} s for {} in {}",
+        plural(stats.samples(), "sample", "samples"),
+        plural(stats.samples().div_ceil(args.batch as u64), "batch", "batches")
+    )?;
+    outln!(
         "gflops: {gflops:.1} GFLOP/s in the Gram product ({:.0}% of one core's {} peak, {peak:.1} GFLOP/s)",
         100.0 * gflops / peak,
         if args.precision == Precision::Exact {
@@ -297,18 +299,18 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) {
         } else {
             "f32"
         },
-    );
+    )?;
     match peak_rss_bytes() {
-        Some(rss) => println!(
+        Some(rss) => outln!(
             "memory: peak RSS {:.1} MiB = pool {:.1} MiB + {:.1} MiB other; state {:.1} MiB",
             rss as f64 / MIB,
             pool_bytes / MIB,
             (rss as f64 - pool_bytes) / MIB,
             stats.heap_bytes() as f64 / MIB
-        ),
-        None => println!("memory: peak RSS unknown (no /proc/self/status)"),
+        )?,
+        None => outln!("memory: peak RSS unknown (no /proc/self/status)")?,
     }
-    println!("throughput: {:.0} samples/s", samples / seconds);
+    outln!("throughput: {:.0} samples/s", samples / seconds)
 }
 
 /// `--solve`: the median of `--repeat` factor + solve runs, each with a fresh solver.
@@ -340,20 +342,20 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     times.sort_by(f64::total_cmp);
-    println!(
-        "headstart bench --solve: d={} C={} λ={} ({} samples), {} runs",
+    outln!(
+        "headstart bench --solve: d={} C={} λ={} ({}), {}",
         args.dim,
         stats.classes().len(),
         args.lambda,
-        rows,
-        args.repeat
-    );
-    println!(
+        plural(rows as u64, "sample", "samples"),
+        plural(args.repeat as u64, "run", "runs")
+    )?;
+    outln!(
         "solve: {:.3} ms median (min {:.3}, max {:.3})",
         1e3 * times[times.len() / 2],
         1e3 * times[0],
         1e3 * times[times.len() - 1]
-    );
+    )?;
     Ok(())
 }
 

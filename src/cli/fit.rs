@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
+use headstart::solve::Scope;
 
+use super::check_output;
 use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
 use super::stream::{Split, StreamArgs, StreamConfig, stream_files};
 
@@ -32,17 +34,38 @@ pub struct FitArgs {
     #[arg(long, requires = "val_features")]
     val_labels: Option<PathBuf>,
     /// With --lambda auto: hold out this fraction of the input (a seeded split).
-    #[arg(long, conflicts_with = "val_features")]
+    #[arg(long, conflicts_with = "val_features", allow_negative_numbers = true, value_parser = parse_fraction)]
     val_fraction: Option<f64>,
     /// Seed of the --val-fraction split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
+/// `--val-fraction`: a number strictly between 0 and 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let f: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number; it must be in (0, 1), e.g. 0.1"))?;
+    if f > 0.0 && f < 1.0 {
+        Ok(f)
+    } else {
+        Err(format!("must be in (0, 1), strictly between 0 and 1; got {text}"))
+    }
+}
+
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Every option is checked (and --match-norm read) before the long work.
+    if args.head.scope == Scope::Task {
+        bail!(
+            "--scope task does not apply to fit: a .npy pair has no task boundary, so every \
+             sample is in the task. Mark boundaries with `ingest --begin-task` and solve the state \
+             with `solve --state S.hs --scope task`"
+        );
+    }
     let prepared = args.head.prepare()?;
+    check_output("--out", &args.out)?;
     let split = match (&prepared.lambda, args.val_fraction, &args.val_features) {
         (LambdaArg::Fixed(_), Some(_), _) | (LambdaArg::Fixed(_), _, Some(_)) => {
             bail!("--val-features/--val-fraction only apply with --lambda auto")
@@ -105,7 +128,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     )?;
 
     let total = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "samples: {} read, {} used for the head{}",
         streamed.rows,
         streamed.train.samples(),
@@ -113,23 +136,23 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|v| format!(", {} held out", v.samples()))
             .unwrap_or_default()
-    );
-    println!(
+    )?;
+    outln!(
         "classes: {} solved, dimension {}",
         solved.head.rows(),
         solved.head.dim
-    );
-    print_choice(&solved);
-    println!(
+    )?;
+    print_choice(&solved)?;
+    outln!(
         "time: {total:.3} s (reading and accumulating {ingest_seconds:.3} s, {:.0} samples/s)",
         streamed.rows as f64 / ingest_seconds.max(1e-9)
-    );
-    println!(
+    )?;
+    outln!(
         "wrote {} ({} × {}, prefix '{}')",
         args.out.display(),
         solved.head.rows(),
         solved.head.dim,
         args.head.prefix
-    );
+    )?;
     Ok(())
 }

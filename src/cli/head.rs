@@ -191,25 +191,23 @@ pub fn solve_and_write(
 }
 
 /// Prints λ (with the auto choice and its edge warning), form and bias.
-pub fn print_choice(solved: &Solved) {
+pub fn print_choice(solved: &Solved) -> anyhow::Result<()> {
     let info = &solved.head.info;
     match &solved.choice {
-        None => println!("lambda: {}", describe_lambda(info.lambda, info.lambda_rule)),
+        None => outln!("lambda: {}", describe_lambda(info.lambda, info.lambda_rule))?,
         Some(c) => {
-            println!(
+            outln!(
                 "lambda: {} (auto: lowest held-out MSE {:.6} over {} grid values)",
                 describe_lambda(info.lambda, c.best),
                 c.best_mse,
                 c.scores.len()
-            );
+            )?;
             if c.on_edge {
-                println!(
-                    "warning: the best lambda lies on the edge of the grid; widen it with --lambda-grid"
-                );
+                outln!("warning: the best lambda lies on the edge of the grid; widen it with --lambda-grid")?;
             }
         }
     }
-    println!("form: {}, bias: {}, scope: {}", info.form, info.bias, info.scope);
+    outln!("form: {}, bias: {}, scope: {}", info.form, info.bias, info.scope)
 }
 
 /// `0.05`, or `0.000123 (rel:0.01 × mean eigenvalue 0.0123)`.

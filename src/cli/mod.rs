@@ -1,6 +1,24 @@
 //! Command-line interface: `fit`, `demo`, `ingest`, `inspect`, `merge`, `solve`, `serve`,
 //! `push`, `sync` and `bench`.
 
+/// `println!` that returns an error instead of panicking: `outln!("…")?`. A closed stdout
+/// (`… | head -1`) surfaces as [`StdoutClosed`], which [`main`] turns into a quiet exit 0.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that returns an error instead of panicking; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod classes;
 mod demo;
@@ -10,6 +28,8 @@ mod serve;
 mod solve;
 mod state;
 mod stream;
+
+use std::io::Write;
 
 use clap::{Parser, Subcommand};
 
@@ -64,9 +84,63 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // The reader went away (`headstart inspect S.hs | head -1`): stop quietly. Every
+        // command writes its output file before its summary, so that file is complete.
+        Err(e) if e.chain().any(|c| c.is::<StdoutClosed>()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&e));
             1
         }
     }
+}
+
+/// The error and its causes on one line, each message once: a cause whose text the message
+/// already holds (`path: {source}` errors that also return the source) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Fails fast, before any long work, when `path` (given as `option`) cannot be written: its
+/// folder is missing or not a folder, it is itself a folder, or the folder refuses new files.
+pub fn check_output(option: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    headstart::atomic::check_writable(path).map_err(|e| anyhow::anyhow!("{option} {}: {e}", path.display()))
+}
+
+/// `1 state`, `2 states`.
+pub fn plural(count: impl Into<u64>, one: &str, many: &str) -> String {
+    let count = count.into();
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// Standard output was closed by its reader.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to standard output; a closed pipe is [`StdoutClosed`], any other failure an error
+/// that says it was standard output.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::Error::new(StdoutClosed)
+        } else {
+            anyhow::Error::new(e).context("writing to standard output")
+        }
+    })
 }

@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use headstart::net::{Address, Client};
 use headstart::snapshot;
 
+use super::check_output;
 use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
 
 #[derive(Args)]
@@ -30,35 +32,43 @@ pub struct SolveArgs {
 }
 
 pub fn run(args: SolveArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     if let Some(address) = &args.connect {
         let address: Address = address.parse().map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
         let request = args.head.remote_request()?;
+        check_output("--out", &args.out)?;
         let mut client = Client::connect(&address)?;
         let bytes = client.solve(&request)?;
         headstart::export::write_atomically(&args.out, &bytes)?;
         let head = headstart::export::read_head(&args.out, &args.head.prefix)
             .with_context(|| format!("reading back {}", args.out.display()))?;
-        println!("classes: {} solved, dimension {}", head.class_ids.len(), head.dim);
+        outln!("classes: {} solved, dimension {}", head.class_ids.len(), head.dim)?;
         let meta = |key: &str| head.metadata.get(key).map_or("?", String::as_str);
-        println!(
+        outln!(
             "lambda: {} ({}), form: {}, scope: {}",
             meta("lambda"),
             meta("lambda_rule"),
             request.form,
             request.scope
-        );
-        println!("wrote {} (from {address})", args.out.display());
+        )?;
+        outln!("wrote {} (from {address})", args.out.display())?;
         return Ok(());
     }
     let path = args.state.as_ref().expect("clap requires --state or --connect");
     let prepared = args.head.prepare()?;
-    let state = snapshot::read(path)?;
-    let validation = match (&prepared.lambda, &args.val_state) {
+    match (&prepared.lambda, &args.val_state) {
         (LambdaArg::Auto, None) => bail!("--lambda auto needs held-out statistics: --val-state V.hs"),
         (LambdaArg::Fixed(_), Some(_)) => bail!("--val-state only applies with --lambda auto"),
-        (_, Some(v)) => Some(snapshot::read_with_dim(v, state.dim())?),
-        (_, None) => None,
-    };
+        _ => {}
+    }
+    check_output("--out", &args.out)?;
+    let state = snapshot::read(path)?;
+    let validation = args
+        .val_state
+        .as_ref()
+        .map(|v| snapshot::read_with_dim(v, state.dim()))
+        .transpose()?;
+    let read_seconds = started.elapsed().as_secs_f64();
     let mut extra = BTreeMap::new();
     extra.insert("state".to_string(), path.display().to_string());
     let solved = solve_and_write(
@@ -69,17 +79,31 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
         &args.out,
         extra,
     )?;
-    println!(
-        "samples: {} in the state, {} in the solve",
+    outln!(
+        "samples: {} in the state, {} used for the head{}",
         state.samples(),
-        solved.head.info.samples
-    );
-    println!(
+        solved.head.info.samples,
+        validation
+            .as_ref()
+            .map(|v| format!(", {} held out", v.samples()))
+            .unwrap_or_default()
+    )?;
+    outln!(
         "classes: {} solved, dimension {}",
         solved.head.rows(),
         solved.head.dim
-    );
-    print_choice(&solved);
-    println!("wrote {}", args.out.display());
+    )?;
+    print_choice(&solved)?;
+    outln!(
+        "time: {:.3} s (reading the state {read_seconds:.3} s)",
+        started.elapsed().as_secs_f64()
+    )?;
+    outln!(
+        "wrote {} ({} × {}, prefix '{}')",
+        args.out.display(),
+        solved.head.rows(),
+        solved.head.dim,
+        args.head.prefix
+    )?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use headstart::snapshot;
 use headstart::stats::Stats;
 
 use super::stream::{StreamArgs, stream_files};
+use super::{check_output, plural};
 
 #[derive(Args)]
 pub struct IngestArgs {
@@ -30,6 +31,7 @@ pub struct IngestArgs {
 
 pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    check_output("--state", &args.state)?;
     // Read the existing state first: a damaged or mismatched file fails before the long work.
     let existing = if args.state.exists() {
         Some(snapshot::read(&args.state)?)
@@ -55,20 +57,20 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     state.merge(&streamed.train)?;
     snapshot::write(&args.state, &state)?;
-    println!(
-        "{} {}: {} samples added, {} in all, {} classes, dimension {} ({:.3} s)",
+    outln!(
+        "{} {}: {} added, {} in all, {}, dimension {} ({:.3} s)",
         if before == 0 && !args.begin_task {
             "wrote"
         } else {
             "extended"
         },
         args.state.display(),
-        streamed.rows,
+        plural(streamed.rows, "sample", "samples"),
         state.samples(),
-        state.classes().len(),
+        plural(state.classes().len() as u64, "class", "classes"),
         state.dim(),
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
@@ -86,40 +88,43 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let state = snapshot::decode(&bytes, &args.file)?;
     let classes = state.classes();
     let task: std::collections::BTreeSet<i64> = state.task_classes().into_iter().collect();
-    println!("state: {}", args.file.display());
-    println!(
+    outln!("state: {}", args.file.display())?;
+    outln!(
         "format: version {} ({} bytes)",
         snapshot::FORMAT_VERSION,
         bytes.len()
-    );
-    println!("dimension: {}", state.dim());
-    println!(
+    )?;
+    outln!("dimension: {}", state.dim())?;
+    outln!(
         "samples: {} ({} since the last task boundary)",
         state.samples(),
         state.task_samples()
-    );
-    println!("task boundaries: {}", state.tasks_begun());
-    println!(
+    )?;
+    outln!("task boundaries: {}", state.tasks_begun())?;
+    outln!(
         "classes: {} ({} with samples since the last boundary)",
         classes.len(),
         task.len()
-    );
+    )?;
     let shown = if args.all {
         classes.len()
     } else {
         classes.len().min(100)
     };
     if shown > 0 {
-        println!("{:>20}  {:>12}  {:>12}", "class", "samples", "since task");
+        outln!("{:>20}  {:>12}  {:>12}", "class", "samples", "since task")?;
     }
     for &id in &classes[..shown] {
         let in_task = state
             .class_sum(id, headstart::stats::Scope::Task)
             .map_or(0, |(n, _)| n);
-        println!("{id:>20}  {:>12}  {in_task:>12}", state.class_count(id));
+        outln!("{id:>20}  {:>12}  {in_task:>12}", state.class_count(id))?;
     }
     if shown < classes.len() {
-        println!("… and {} more classes (--all lists them)", classes.len() - shown);
+        outln!(
+            "… and {} more (--all lists them)",
+            plural((classes.len() - shown) as u64, "class", "classes")
+        )?;
     }
     Ok(())
 }
@@ -135,6 +140,7 @@ pub struct MergeArgs {
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    check_output("--out", &args.out)?;
     let mut merged: Option<Stats> = None;
     for path in &args.inputs {
         let part = snapshot::read(path)?;
@@ -156,13 +162,13 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     }
     let merged = merged.expect("clap requires at least one input");
     snapshot::write(&args.out, &merged)?;
-    println!(
-        "wrote {}: {} states, {} samples, {} classes, dimension {}",
+    outln!(
+        "wrote {}: {}, {}, {}, dimension {}",
         args.out.display(),
-        args.inputs.len(),
-        merged.samples(),
-        merged.classes().len(),
+        plural(args.inputs.len() as u64, "state", "states"),
+        plural(merged.samples(), "sample", "samples"),
+        plural(merged.classes().len() as u64, "class", "classes"),
         merged.dim()
-    );
+    )?;
     Ok(())
 }

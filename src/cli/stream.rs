@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use headstart::ingest::npy::{FeatureFile, LabelFile};
 use headstart::pipeline::{self, Producer};
 use headstart::stats::{Batch, Features, Precision, Stats};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// A seeded split of the input rows into training and validation.
 #[derive(Clone, Copy)]
@@ -225,9 +225,34 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{human_pos}}/{{human_len}} {what}, {{per_sec}}, eta {{eta}}"
+            "{{bar:40}} {{human_pos}}/{{human_len}} {what}, {{rate}}, eta {{eta}}"
         ))
-        .expect("a valid template"),
+        .expect("a valid template")
+        .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", format_rate(state.per_sec()));
+        }),
     );
     bar
+}
+
+/// A rate rounded to a whole number with thousands separators: `297,402/s`.
+pub fn format_rate(per_sec: f64) -> String {
+    let rounded = if per_sec.is_finite() && per_sec > 0.0 {
+        per_sec.round() as u64
+    } else {
+        0
+    };
+    format!("{}/s", HumanCount(rounded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_rate;
+
+    #[test]
+    fn rates_are_whole_numbers_with_separators() {
+        assert_eq!(format_rate(297_401.900_7), "297,402/s");
+        assert_eq!(format_rate(0.4), "0/s");
+        assert_eq!(format_rate(f64::NAN), "0/s");
+    }
 }

@@ -366,13 +366,22 @@ struct Array {
 }
 
 impl Array {
-    fn open(path: &Path, rank: usize) -> Result<Self, NpyError> {
+    /// Opens `path`, checks its rank, its dtype (`dtype` says what is wrong with it, if
+    /// anything) and its size.
+    fn open(path: &Path, rank: usize, dtype: impl Fn(&Header) -> Option<String>) -> Result<Self, NpyError> {
         let io = |source| NpyError::Io {
             path: path.to_path_buf(),
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
+        let metadata = file.metadata().map_err(io)?;
+        if metadata.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory, not an .npy file",
+            )));
+        }
+        let file_len = metadata.len();
         let mut reader = BufReader::new(file);
         let header = parse_header(&mut reader).map_err(|what| NpyError::Header {
             path: path.to_path_buf(),
@@ -387,6 +396,11 @@ impl Array {
                 "expected a {rank}-D array, found shape {:?}",
                 header.shape
             )));
+        }
+        // Before the size check: an unsupported dtype's width is unknown, so the size
+        // check would report a misleading mismatch.
+        if let Some(what) = dtype(&header) {
+            return Err(unsupported(what));
         }
         let width = header.scalar.map_or(1, Scalar::width) as u64;
         let expected = header.shape.iter().try_fold(width, |acc, &d| acc.checked_mul(d));
@@ -454,18 +468,22 @@ impl FeatureFile {
     /// # Errors
     /// [`NpyError`] naming the file and the problem.
     pub fn open(path: &Path) -> Result<Self, NpyError> {
-        let array = Array::open(path, 2)?;
+        let array = Array::open(path, 2, |h| match h.scalar {
+            Some(Scalar::F32 | Scalar::F64) => None,
+            _ if h.descr.get(1..) == Some("f2") || h.descr == "e" => Some(format!(
+                "float16 ('{}') is not supported: convert to float32 (e.g. x.astype(np.float32))",
+                h.descr
+            )),
+            _ => Some(format!(
+                "features have dtype '{}'; expected float32 or float64 (e.g. x.astype(np.float32))",
+                h.descr
+            )),
+        })?;
         let h = &array.header;
         let unsupported = |what: String| NpyError::Unsupported {
             path: path.to_path_buf(),
             what,
         };
-        if !matches!(h.scalar, Some(Scalar::F32 | Scalar::F64)) {
-            return Err(unsupported(format!(
-                "features have dtype '{}'; expected float32 or float64 (e.g. x.astype(np.float32))",
-                h.descr
-            )));
-        }
         if h.fortran_order && h.shape[0] > 1 && h.shape[1] > 1 {
             return Err(unsupported(
                 "features are in Fortran (column-major) order; save np.ascontiguousarray(x) instead".into(),
@@ -575,16 +593,13 @@ impl LabelFile {
     /// # Errors
     /// [`NpyError`] naming the file and the problem.
     pub fn open(path: &Path) -> Result<Self, NpyError> {
-        let array = Array::open(path, 1)?;
-        if !matches!(array.header.scalar, Some(Scalar::Int(_) | Scalar::Uint(_))) {
-            return Err(NpyError::Unsupported {
-                path: path.to_path_buf(),
-                what: format!(
-                    "labels have dtype '{}'; expected an integer dtype (e.g. y.astype(np.int64))",
-                    array.header.descr
-                ),
-            });
-        }
+        let array = Array::open(path, 1, |h| match h.scalar {
+            Some(Scalar::Int(_) | Scalar::Uint(_)) => None,
+            _ => Some(format!(
+                "labels have dtype '{}'; expected an integer dtype (e.g. y.astype(np.int64))",
+                h.descr
+            )),
+        })?;
         Ok(LabelFile {
             array,
             raw: Vec::new(),
