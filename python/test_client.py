@@ -31,7 +31,7 @@ TIMEOUT = 30
 
 def start_server(binary, listen, state, extra=()):
     cmd = [binary, "serve", "--listen", listen, "--state", str(state), "--dim", str(DIM), "--quiet", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
     line = proc.stdout.readline() if ready else ""
     m = re.match(r"listening on (\S+) \(", line)
@@ -42,11 +42,11 @@ def start_server(binary, listen, state, extra=()):
 
 
 def stop_server(proc):
-    """SIGTERM, expect exit code 0; returns the rest of stdout."""
+    """SIGTERM, expect exit code 0; returns the rest of stdout and stderr (its log)."""
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, f"server exited with {proc.returncode}: {out!r}"
-    return out
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, f"server exited with {proc.returncode}: {out!r} {err!r}"
+    return out + err
 
 
 def make_batches(seed, count):

@@ -11,7 +11,12 @@
 //! - [`export`]: safetensors heads that PyTorch loads.
 //! - [`atomic`]: atomic file replacement for heads and state files.
 //! - [`ingest`]: streaming `.npy` readers.
-//! - [`demo`]: the class-incremental demonstration on bundled real data.
+//! - `demo` (feature `demo`, on by default): the class-incremental demonstration on bundled
+//!   real data.
+//!
+//! The default feature `cli` builds the `headstart` program and the demo; with
+//! `default-features = false` the library is the engine alone (no clap, indicatif, anyhow,
+//! signal-hook, flate2 or rand_distr).
 //!
 //! ```
 //! use headstart::{stats::Stats, solve::{Solver, SolveOptions}};
@@ -27,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod export;
 pub mod ingest;

@@ -404,3 +404,113 @@ fn fit_in_fast_precision_agrees_with_exact_and_records_it() {
     let err = rel_err(&f.weight, &e.weight);
     assert!(err < 1e-5, "fast vs exact head: {err:e}");
 }
+
+#[test]
+fn class_lists_with_unicode_minus_or_huge_ranges_are_refused_not_panicked() {
+    let f = Fixture::new(60);
+    for item in [
+        "\u{2212}1",
+        "-9223372036854775808-9223372036854775807",
+        "4,1\u{2013}3",
+    ] {
+        let out = f.fit("h.safetensors", &[&format!("--classes={item}")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "panicked on {item:?}: {err}");
+        assert!(!err.contains("panicked"), "{item:?}: {err}");
+        assert_one_line_error(&out, &["--classes", item.rsplit(',').next().unwrap()]);
+        assert!(!f.path("h.safetensors").exists());
+    }
+}
+
+/// Runs `headstart ARGS`, failing the test (not hanging) if it is still running after 20 s.
+fn headstart_within(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running headstart");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{args:?} still running after 20 s; stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn out_of_range_durations_are_usage_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.hs").display().to_string();
+    let serve = |option: &str, value: &str| {
+        headstart_within(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            &state,
+            "--dim",
+            "3",
+            &format!("{option}={value}"),
+        ])
+    };
+    let cases = [
+        ("--idle-timeout", "1e20", "too long"),
+        ("--idle-timeout", "1e300", "too long"),
+        ("--idle-timeout", "inf", "too long"),
+        ("--idle-timeout", "NaN", "not a number"),
+        ("--idle-timeout", "-1", "more than 0"),
+        ("--idle-timeout", "0", "more than 0"),
+        ("--idle-timeout", "1e-12", "rounds to 0"),
+        ("--idle-timeout", "soon", "not a number"),
+        ("--checkpoint-every", "1e19", "too long"),
+        ("--checkpoint-every", "31536001", "too long"),
+        ("--checkpoint-every", "0", "more than 0"),
+    ];
+    for (option, value, reason) in cases {
+        let out = serve(option, value);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option}={value}: {err}");
+        assert!(!err.contains("panicked"), "{option}={value}: {err}");
+        assert!(
+            err.contains(option) && err.contains(value) && err.contains(reason),
+            "{option}={value}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{option}={value} started serving");
+    }
+    let fixture = Fixture::new(10);
+    let (x, y) = (fixture.s("x.npy"), fixture.s("y.npy"));
+    for value in ["1e20", "0", "-5", "NaN"] {
+        let timeout = format!("--timeout={value}");
+        for args in [
+            vec![
+                "push",
+                "--connect",
+                "127.0.0.1:9",
+                "--features",
+                &x,
+                "--labels",
+                &y,
+                &timeout,
+            ],
+            vec!["sync", "--connect", "127.0.0.1:9", &timeout],
+        ] {
+            let out = headstart_within(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains("--timeout") && !err.contains("panicked"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}

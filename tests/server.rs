@@ -664,3 +664,232 @@ fn the_client_window_keeps_every_batch_and_reports_a_refused_one_by_position() {
 fn server_with_rows(dir: &Path, max_rows: usize) -> Server {
     server(dir, |c| c.limits.max_rows = max_rows)
 }
+
+// ---------------------------------------------------------------- hardening
+
+/// A fake server on loopback: `serve(stream)` runs on the accepted connection, which stays
+/// open until the test ends.
+fn fake_server(serve: impl FnOnce(&mut TcpStream) + Send + 'static) -> Address {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string().parse().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        serve(&mut stream);
+        std::thread::sleep(Duration::from_secs(120));
+        drop(stream);
+    });
+    address
+}
+
+/// Runs `f` on a thread; fails the test if it has not returned within `limit`.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still waiting after {limit:?}: the client hangs"))
+}
+
+#[test]
+fn the_client_times_out_on_a_silent_server_and_names_it() {
+    let address = fake_server(|_| {});
+    let client = Client::connect(&address).unwrap();
+    assert_eq!(
+        client.timeout(),
+        Some(Duration::from_secs(60)),
+        "the default timeout"
+    );
+    drop(client);
+    let address = fake_server(|_| {});
+    let (result, elapsed) = within(Duration::from_secs(15), {
+        let address = address.clone();
+        move || {
+            let mut client = Client::connect(&address).unwrap();
+            client.set_timeout(Some(Duration::from_millis(300))).unwrap();
+            let started = Instant::now();
+            let result = client.hello(D, Dtype::F32).map_err(|e| (e.to_string(), e));
+            (result, started.elapsed())
+        }
+    });
+    let (message, error) = result.unwrap_err();
+    assert!(matches!(error, ClientError::TimedOut { .. }), "{error:?}");
+    assert!(
+        message.contains(&address.to_string()) && message.contains("timed out") && message.contains("HELLO"),
+        "{message}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    assert!(matches!(
+        Client::connect(&address)
+            .unwrap()
+            .set_timeout(Some(Duration::ZERO)),
+        Err(ClientError::Usage(_))
+    ));
+}
+
+#[test]
+fn the_client_refuses_a_reply_announcing_2_gib_without_reading_it() {
+    let address = fake_server(|s| {
+        // A WELCOME frame header claiming 2 GiB, then nothing.
+        s.write_all(&(1u32 << 31).to_le_bytes()).unwrap();
+        s.write_all(&[kind::WELCOME]).unwrap();
+    });
+    let error = within(Duration::from_secs(15), {
+        let address = address.clone();
+        move || {
+            let mut client = Client::connect(&address).unwrap();
+            assert_eq!(client.max_reply_bytes(), 1 << 30);
+            client.hello(D, Dtype::F32).unwrap_err()
+        }
+    });
+    let message = error.to_string();
+    assert!(
+        matches!(
+            error,
+            ClientError::ReplyTooLarge {
+                length: 2_147_483_648,
+                limit: 1_073_741_824,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        message.contains(&address.to_string()) && message.contains("HELLO"),
+        "{message}"
+    );
+    // A lower limit applies to ordinary replies too.
+    let address = fake_server(|s| {
+        s.write_all(&100u32.to_le_bytes()).unwrap();
+    });
+    let mut client = Client::connect(&address).unwrap();
+    client.set_max_reply_bytes(64);
+    assert!(matches!(
+        client.hello(D, Dtype::F32),
+        Err(ClientError::ReplyTooLarge {
+            length: 100,
+            limit: 64,
+            ..
+        })
+    ));
+}
+
+fn samples_on(address: &Address) -> u64 {
+    Client::connect(address).unwrap().stats().unwrap()["samples"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn push_checks_the_whole_file_first_and_resumes_with_skip_rows() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = labelled_data(31, N, D, &[1, 4, 6]);
+    let clean: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let mut bad = clean.clone();
+    bad[1234 * D + 2] = f32::NAN;
+    let (x_path, y_path) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    headstart::ingest::npy::write_f32(&x_path, &bad, N, D).unwrap();
+    headstart::ingest::npy::write_i64(&y_path, &y).unwrap();
+    let serve = Serve::start(&dir.path().join("s.hs"), D, &[]);
+    let addr = serve.address.to_string();
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "push",
+            "--connect",
+            &addr,
+            "--features",
+            x_path.to_str().unwrap(),
+            "--labels",
+            y_path.to_str().unwrap(),
+            "--batch",
+            "256",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_headstart"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // By default nothing is sent: the server's count is unchanged, the message names the row.
+    let (ok, err) = push(&[]);
+    assert!(!ok);
+    assert!(
+        err.contains("row 1234, column 2") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert_eq!(samples_on(&serve.address), 0);
+    // Without the check, the batches before the bad one are applied, and the error says how
+    // far and how to resume.
+    let (ok, err) = push(&["--no-prevalidate"]);
+    assert!(!ok);
+    assert!(
+        err.contains("rows 0..1024 of") && err.contains("were acknowledged; resume with --skip-rows 1024"),
+        "{err}"
+    );
+    assert!(err.contains("row 1234"), "{err}");
+    assert_eq!(samples_on(&serve.address), 1024);
+    // Fixed, the file resumes at row 1024: every row counted once.
+    headstart::ingest::npy::write_f32(&x_path, &clean, N, D).unwrap();
+    let (ok, err) = push(&["--skip-rows", "1024"]);
+    assert!(ok, "{err}");
+    let mut expected = Stats::new(D);
+    expected.update(&clean, &y).unwrap();
+    let mut client = Client::connect(&serve.address).unwrap();
+    client.sync().unwrap();
+    let saved = snapshot::read(&serve.state).unwrap();
+    assert_eq!(saved.samples(), N as u64);
+    for class in expected.classes() {
+        assert_eq!(
+            saved.class_count(class),
+            expected.class_count(class),
+            "class {class}"
+        );
+    }
+    let (scope, tol) = (headstart::solve::Scope::All, common::SUM_ORDER_REL_TOL);
+    assert!(rel_err(&saved.sum(scope).1, &expected.sum(scope).1) < tol);
+    // Past the end is refused before connecting.
+    let (ok, err) = push(&["--skip-rows", "3001"]);
+    assert!(
+        !ok && err.contains("--skip-rows 3001") && err.contains("3000 rows"),
+        "{err}"
+    );
+    assert_eq!(samples_on(&serve.address), N as u64);
+}
+
+#[test]
+fn the_shutdown_line_goes_to_stderr_and_stdout_holds_only_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.hs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .args(["--dim", &D.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.starts_with("listening on "), "{first:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(rest, "", "stdout after the first line");
+    assert!(err.contains("signal 15: checkpointed 0 samples to"), "{err}");
+}

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use headstart::ingest::npy::Scalar;
+use headstart::ingest::npy::{FeatureFile, LabelFile, Scalar};
 use headstart::net::protocol::{Dtype, Limits};
-use headstart::net::{Address, Client, Server, ServerConfig};
+use headstart::net::{Address, Client, ClientError, Server, ServerConfig};
 use headstart::snapshot;
-use headstart::stats::{Batch, Stats};
+use headstart::stats::{Batch, BatchError, Stats};
 
 use super::stream::{open_pair, progress_bar};
 
@@ -25,18 +25,19 @@ pub struct ServeArgs {
     /// Feature dimension of a new state (required when --state does not exist yet).
     #[arg(long)]
     dim: Option<usize>,
-    /// Checkpoint this often (seconds) when the state changed; SYNC and SIGTERM always do.
-    #[arg(long)]
-    checkpoint_every: Option<f64>,
+    /// Checkpoint this often (seconds, more than 0, at most a year) when the state changed;
+    /// SYNC and SIGTERM always do.
+    #[arg(long, value_parser = parse_seconds)]
+    checkpoint_every: Option<Duration>,
     /// Largest frame accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_frame_bytes)]
     max_frame_bytes: usize,
     /// Largest batch accepted, in rows.
     #[arg(long, default_value_t = Limits::default().max_rows)]
     max_rows: usize,
-    /// Close a connection silent for this many seconds.
-    #[arg(long, default_value_t = 60.0)]
-    idle_timeout: f64,
+    /// Close a connection silent for this many seconds (more than 0, at most a year).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    idle_timeout: Duration,
     /// Threads computing each batch's product (0: every available core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -48,11 +49,33 @@ pub struct ServeArgs {
     quiet: bool,
 }
 
-fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v > 0.0) {
-        bail!("{name} must be a positive number of seconds, got {v}");
+/// The longest duration a seconds option accepts: one year (365 days).
+const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
+
+/// Parses a number of seconds for clap: finite, more than 0 and at most [`MAX_SECONDS`], so
+/// that no `Duration` conversion or `Instant + duration` can panic or overflow. clap names
+/// the option in its error (usage error, exit code 2).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if v.is_nan() {
+        return Err(format!("'{text}' is not a number of seconds"));
     }
-    Ok(Duration::from_secs_f64(v))
+    if v <= 0.0 {
+        return Err(format!("{text} seconds: must be more than 0"));
+    }
+    if v > MAX_SECONDS as f64 {
+        return Err(format!(
+            "{text} seconds is too long: at most {MAX_SECONDS} (one year)"
+        ));
+    }
+    let d = Duration::try_from_secs_f64(v).map_err(|e| format!("{text} seconds: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{text} seconds rounds to 0: must be at least 1 ns"));
+    }
+    Ok(d)
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -88,11 +111,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         max_rows: args.max_rows,
     };
-    config.idle_timeout = seconds("--idle-timeout", args.idle_timeout)?;
-    config.checkpoint_every = args
-        .checkpoint_every
-        .map(|v| seconds("--checkpoint-every", v))
-        .transpose()?;
+    config.idle_timeout = args.idle_timeout;
+    config.checkpoint_every = args.checkpoint_every;
     config.max_connections = args.max_connections.max(1);
     config.verbose = !args.quiet;
     let (dim, samples) = (state.dim(), state.samples());
@@ -101,15 +121,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
             .context("installing signal handlers")?;
     let server = Server::start(&address, state, config)?;
-    println!(
+    // Scripts read this line to learn the address; a reader that went away does not stop
+    // the server.
+    let _ = outln!(
         "listening on {} (state {}: dimension {dim}, {samples} samples)",
         server.address(),
         args.state.display()
     );
-    std::io::stdout().flush()?;
+    let _ = std::io::stdout().flush();
     let signal = signals.forever().next().unwrap_or(signal_hook::consts::SIGTERM);
     let final_state = server.shutdown()?;
-    println!(
+    // A log line like the checkpoints: stderr (stdout holds only the "listening on" line).
+    eprintln!(
         "signal {signal}: checkpointed {} samples to {}; exiting",
         final_state.samples(),
         args.state.display()
@@ -137,6 +160,55 @@ pub struct PushArgs {
     /// Batches sent ahead of their acknowledgement (1: wait for each).
     #[arg(long, default_value_t = headstart::net::DEFAULT_WINDOW)]
     window: usize,
+    /// Seconds to wait for the connection, and then for each reply or write, before giving up
+    /// (more than 0, at most a year).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    timeout: Duration,
+    /// Skip the check of the whole input before sending. By default push first reads every
+    /// row to be sent and checks it (label count = row count, every feature finite and at
+    /// most 2^479 in magnitude), so that a bad row sends nothing; without the check, the
+    /// batches before a bad row are applied and the push then fails.
+    #[arg(long)]
+    no_prevalidate: bool,
+    /// Start at this row (0-based), skipping the rows before it: after a push that failed
+    /// saying "rows 0..N were acknowledged", `--skip-rows N` sends each remaining row once.
+    #[arg(long, default_value_t = 0)]
+    skip_rows: u64,
+}
+
+/// Checks rows `start..` of the pair as the server would, `batch` rows at a time, naming the
+/// first bad value by its row in the file.
+fn prevalidate(
+    x: &mut FeatureFile,
+    y: &mut LabelFile,
+    start: u64,
+    batch: usize,
+    features: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (rows, dim) = (x.rows(), x.dim());
+    let mut row = start;
+    while row < rows {
+        let count = (batch as u64).min(rows - row);
+        let b = Batch::new(x.read_rows(row, count)?, y.read_rows(row, count)?);
+        if let Err(e) = b.validate(dim) {
+            let at = |r: usize, col: usize| {
+                format!("{}: row {}, column {col}", features.display(), row + r as u64)
+            };
+            let what = match e {
+                BatchError::NonFinite { row: r, col, value } => {
+                    format!("{}: feature value {value} is not finite", at(r, col))
+                }
+                BatchError::OutOfRange { row: r, col, value } => format!(
+                    "{}: feature value {value} is too large (|x| must be at most 2^479)",
+                    at(r, col)
+                ),
+                other => format!("{}: rows {row}..{}: {other}", features.display(), row + count),
+            };
+            bail!("{what}");
+        }
+        row += count;
+    }
+    Ok(())
 }
 
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
@@ -150,50 +222,102 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         .connect
         .parse()
         .map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
+    // Checks that there is one label per row.
     let (mut x, mut y) = open_pair(&args.features, &args.labels)?;
+    let rows = x.rows();
+    if args.skip_rows > rows {
+        bail!(
+            "--skip-rows {} but {} has only {rows} rows",
+            args.skip_rows,
+            args.features.display()
+        );
+    }
     let dtype = match x.scalar() {
         Scalar::F64 => Dtype::F64,
         _ => Dtype::F32,
     };
+    if !args.no_prevalidate {
+        prevalidate(&mut x, &mut y, args.skip_rows, args.batch, &args.features).with_context(|| {
+            format!(
+                "nothing was sent: checking every row of {} before sending (--no-prevalidate skips the check)",
+                args.features.display()
+            )
+        })?;
+    }
     let started = Instant::now();
-    let mut client = Client::connect(&address)?;
+    let mut client = Client::connect_timeout(&address, Some(args.timeout))?;
     client.set_window(args.window);
     client.hello(x.dim(), dtype)?;
     if args.begin_task {
         client.begin_task()?;
     }
-    let rows = x.rows();
-    let bar = progress_bar(rows, "rows sent");
-    // With a window, the batch a refusal names is the first one not yet acknowledged.
-    let refused = |client: &Client| {
-        let first = client.acknowledged() * args.batch as u64;
-        format!(
-            "rows {first}..{} of {}",
-            (first + args.batch as u64).min(rows),
-            args.features.display()
-        )
-    };
-    let (mut row, mut batches) = (0u64, 0u64);
-    while row < rows {
-        let count = (args.batch as u64).min(rows - row);
-        let batch = Batch::new(x.read_rows(row, count)?, y.read_rows(row, count)?);
-        if let Err(e) = client.push(&batch) {
-            return Err(anyhow::Error::new(e).context(refused(&client)));
+    let bar = progress_bar(rows - args.skip_rows, "rows sent");
+    let (mut row, mut batches) = (args.skip_rows, 0u64);
+    let mut sent = || -> anyhow::Result<()> {
+        while row < rows {
+            let count = (args.batch as u64).min(rows - row);
+            let batch = Batch::new(x.read_rows(row, count)?, y.read_rows(row, count)?);
+            client
+                .push(&batch)
+                .with_context(|| format!("sending rows {row}..{}", row + count))?;
+            row += count;
+            batches += 1;
+            bar.inc(count);
         }
-        row += count;
-        batches += 1;
-        bar.inc(count);
-    }
-    if let Err(e) = client.flush() {
-        return Err(anyhow::Error::new(e).context(refused(&client)));
+        client.flush()?;
+        Ok(())
+    };
+    if let Err(e) = sent() {
+        bar.finish_and_clear();
+        return Err(stopped(e, &mut client, &args, rows));
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "pushed {rows} samples in {batches} batches to {address}, all acknowledged ({seconds:.3} s, {:.0} samples/s)",
-        rows as f64 / seconds.max(1e-9)
-    );
+    let pushed = rows - args.skip_rows;
+    let from = if args.skip_rows > 0 {
+        format!(" (rows {}..{rows})", args.skip_rows)
+    } else {
+        String::new()
+    };
+    outln!(
+        "pushed {}{from} in {} to {address}, all acknowledged ({seconds:.3} s, {:.0} samples/s)",
+        super::plural(pushed, "sample", "samples"),
+        super::plural(batches, "batch", "batches"),
+        pushed as f64 / seconds.max(1e-9)
+    )?;
     Ok(())
+}
+
+/// The error of a push that stopped after sending batches, saying which rows the server
+/// acknowledged and how to resume.
+fn stopped(e: anyhow::Error, client: &mut Client, args: &PushArgs, rows: u64) -> anyhow::Error {
+    let client_error = e.chain().find_map(|c| c.downcast_ref::<ClientError>());
+    // A batch refused before sending, or a file error: the server is fine, so the batches in
+    // flight settle and the count below is exact. After a timeout or a refusal, they do not.
+    let settled = match client_error {
+        None | Some(ClientError::Usage(_)) => client.flush().is_ok(),
+        Some(ClientError::Server { .. }) => true,
+        Some(_) => false,
+    };
+    let batch = args.batch as u64;
+    let acked = (args.skip_rows + client.acknowledged() * batch).min(rows);
+    let in_flight = (args.skip_rows + client.sent() * batch).min(rows);
+    let mut context = format!(
+        "rows {}..{acked} of {} were acknowledged; resume with --skip-rows {acked}{}",
+        args.skip_rows,
+        args.features.display(),
+        if args.begin_task {
+            " (without --begin-task)"
+        } else {
+            ""
+        }
+    );
+    if !settled && in_flight > acked {
+        context += &format!(
+            "; rows {acked}..{in_flight} were sent without an acknowledgement: each of those batches may or may not be applied, so check the server's sample count first"
+        );
+    }
+    e.context(context)
 }
 
 #[derive(Args)]
@@ -201,6 +325,10 @@ pub struct SyncArgs {
     /// The server, HOST:PORT or unix:PATH.
     #[arg(long)]
     connect: String,
+    /// Seconds to wait for the connection, and then for the reply, before giving up (more
+    /// than 0, at most a year).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    timeout: Duration,
 }
 
 pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
@@ -208,7 +336,10 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
         .connect
         .parse()
         .map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
-    let samples = Client::connect(&address)?.sync()?;
-    println!("synced: the state file holds {samples} samples, every acknowledged batch included");
+    let samples = Client::connect_timeout(&address, Some(args.timeout))?.sync()?;
+    outln!(
+        "synced: the state file holds {}, every acknowledged batch included",
+        super::plural(samples, "sample", "samples")
+    )?;
     Ok(())
 }

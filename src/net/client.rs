@@ -1,6 +1,7 @@
 //! The Rust client of `headstart serve`.
 
 use std::io::BufReader;
+use std::time::Duration;
 
 use super::SolveRequest;
 use super::conn::{Address, Conn};
@@ -53,6 +54,32 @@ pub enum ClientError {
         /// The reply, in words.
         reply: String,
     },
+    /// The server did not answer (or take the request) within the client's timeout
+    /// ([`Client::set_timeout`]); the client closed the connection.
+    #[error("{address}: timed out after {after:?} {doing} (the client closed the connection)")]
+    TimedOut {
+        /// The server's address.
+        address: String,
+        /// What the client was doing, in words (`waiting for the reply to HELLO`).
+        doing: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A reply announced more bytes than [`Client::set_max_reply_bytes`] allows; nothing was
+    /// allocated for it and the client closed the connection.
+    #[error(
+        "{address}: the reply to {request} announces {length} bytes, more than the client's limit of {limit} (Client::set_max_reply_bytes); the client closed the connection"
+    )]
+    ReplyTooLarge {
+        /// The server's address.
+        address: String,
+        /// The request, in words.
+        request: &'static str,
+        /// The length the reply's frame header announced.
+        length: u64,
+        /// The client's limit.
+        limit: usize,
+    },
     /// The call needs an open session ([`Client::hello`]) or a batch that fits it.
     #[error("{0}")]
     Usage(String),
@@ -61,6 +88,14 @@ pub enum ClientError {
 /// Batches [`Client::push`] leaves unacknowledged by default (see [`Client::set_window`]).
 pub const DEFAULT_WINDOW: usize = 8;
 
+/// How long [`Client::connect`] waits for the connection, and then for each read or write,
+/// before giving up (see [`Client::set_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest reply frame a client accepts by default, 1 GiB (see
+/// [`Client::set_max_reply_bytes`]).
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1 << 30;
+
 /// A connection to a server.
 ///
 /// [`push`](Client::push) keeps up to a window of batches unacknowledged, so that the server
@@ -68,6 +103,11 @@ pub const DEFAULT_WINDOW: usize = 8;
 /// acknowledgements ([`flush`](Client::flush)), so its reply covers every batch pushed before.
 /// Dropping a client waits for the outstanding acknowledgements, but only `flush` reports
 /// a refusal.
+///
+/// Every connect, read and write gives up after a timeout (60 s by default, see
+/// [`set_timeout`](Client::set_timeout)), and replies longer than
+/// 1 GiB are refused before anything is allocated for them
+/// ([`set_max_reply_bytes`](Client::set_max_reply_bytes)); either closes the connection.
 pub struct Client {
     address: Address,
     reader: BufReader<Conn>,
@@ -77,19 +117,33 @@ pub struct Client {
     /// Sequence numbers sent and not yet acknowledged, oldest first.
     unacked: std::collections::VecDeque<u64>,
     window: usize,
+    timeout: Option<Duration>,
+    max_reply_bytes: usize,
 }
 
 impl Client {
-    /// Connects to `address` (`HOST:PORT` or `unix:PATH`).
+    /// Connects to `address` (`HOST:PORT` or `unix:PATH`), waiting at most
+    /// 60 s (`DEFAULT_TIMEOUT`) for the connection and then for each read or write.
     ///
     /// # Errors
-    /// [`ClientError::Io`].
+    /// [`ClientError::Io`], or [`ClientError::TimedOut`].
     pub fn connect(address: &Address) -> Result<Client, ClientError> {
-        let io = |source| ClientError::Io {
-            address: address.to_string(),
-            source,
-        };
-        let conn = Conn::connect(address).map_err(io)?;
+        Client::connect_timeout(address, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// Connects to `address`, waiting at most `timeout` for the connection and then for each
+    /// read or write (`None`: wait forever).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`], or [`ClientError::TimedOut`]; [`ClientError::Usage`] for a zero
+    /// timeout.
+    pub fn connect_timeout(address: &Address, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ClientError::Usage("a client timeout must be more than 0".into()));
+        }
+        let io = |source: std::io::Error| classify(address, source, "connecting", timeout);
+        let conn = Conn::connect_timeout(address, timeout).map_err(io)?;
+        conn.set_timeouts(timeout).map_err(io)?;
         let writer = conn.try_clone().map_err(io)?;
         Ok(Client {
             address: address.clone(),
@@ -99,7 +153,56 @@ impl Client {
             seq: 0,
             unacked: std::collections::VecDeque::new(),
             window: DEFAULT_WINDOW,
+            timeout,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         })
+    }
+
+    /// Sets how long each later read or write waits before the call fails with
+    /// [`ClientError::TimedOut`] (`None`: forever). A SOLVE's reply comes only once the
+    /// solve is done: allow for it.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] for `Some(Duration::ZERO)`; [`ClientError::Io`] if the socket
+    /// refuses the option.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use headstart::net::{Address, Client};
+    /// let mut client = Client::connect(&"127.0.0.1:7070".parse::<Address>()?)?;
+    /// client.set_timeout(Some(Duration::from_secs(600)))?; // a long solve
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ClientError::Usage("a client timeout must be more than 0".into()));
+        }
+        self.writer
+            .set_timeouts(timeout)
+            .map_err(|source| ClientError::Io {
+                address: self.address.to_string(),
+                source,
+            })?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// The read/write timeout ([`set_timeout`](Client::set_timeout)).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Sets the largest reply frame accepted, in bytes (default 1 GiB);
+    /// a longer one fails with [`ClientError::ReplyTooLarge`] before anything is allocated.
+    /// A SOLVE's reply holds the head: about 4 × classes × (dimension + 1) bytes.
+    pub fn set_max_reply_bytes(&mut self, limit: usize) {
+        self.max_reply_bytes = limit;
+    }
+
+    /// The largest reply frame accepted ([`set_max_reply_bytes`](Client::set_max_reply_bytes)).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_reply_bytes
     }
 
     /// Sets how many pushed batches may await their acknowledgement (at least 1; 1 makes
@@ -131,6 +234,11 @@ impl Client {
     /// pushed after these (counting from 0, it has this index).
     pub fn acknowledged(&self) -> u64 {
         self.seq - self.unacked.len() as u64
+    }
+
+    /// Batches pushed so far (written to the connection, acknowledged or not).
+    pub fn sent(&self) -> u64 {
+        self.seq
     }
 
     fn take_ack(&mut self) -> Result<(), ClientError> {
@@ -197,17 +305,17 @@ impl Client {
             }
             _ => batch,
         };
-        self.seq += 1;
-        let seq = self.seq;
+        let seq = self.seq + 1;
         if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
+            // Not sent (a partial frame is never applied): not counted by `acknowledged`.
             // A server that refused an earlier batch of the window has closed the connection:
             // its error frame, still readable, says why.
-            self.flush()?;
-            return Err(ClientError::Io {
-                address: self.address.to_string(),
-                source,
-            });
+            if !is_timeout(&source) {
+                self.flush()?;
+            }
+            return Err(self.io_error(source, "sending BATCH"));
         }
+        self.seq = seq;
         self.unacked.push_back(seq);
         while self.unacked.len() >= self.window {
             self.take_ack()?;
@@ -267,23 +375,37 @@ impl Client {
 
     fn call(&mut self, request: &Request, what: &'static str) -> Result<Reply, ClientError> {
         let frame = super::protocol::encode_request(request);
-        self.writer
-            .write_all_frame(&frame)
-            .map_err(|source| ClientError::Io {
-                address: self.address.to_string(),
-                source,
-            })?;
+        if let Err(source) = self.writer.write_all_frame(&frame) {
+            return Err(self.io_error(source, &format!("sending {what}")));
+        }
         // The server replies in request order: the pushed batches' ACKs come first.
         self.flush()?;
         self.read(what)
     }
 
-    fn read(&mut self, _what: &'static str) -> Result<Reply, ClientError> {
-        let frame_error = |source| ClientError::Frame {
-            address: self.address.to_string(),
-            source,
+    fn read(&mut self, what: &'static str) -> Result<Reply, ClientError> {
+        let raw = match read_frame(&mut self.reader, self.max_reply_bytes) {
+            Ok(raw) => raw,
+            Err(FrameError::Io(source)) => {
+                return Err(self.io_error(source, &format!("waiting for the reply to {what}")));
+            }
+            Err(FrameError::TooLarge { length, limit }) => {
+                // The rest of the stream cannot be read in step: give it up.
+                self.writer.shutdown();
+                return Err(ClientError::ReplyTooLarge {
+                    address: self.address.to_string(),
+                    request: what,
+                    length,
+                    limit,
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Frame {
+                    address: self.address.to_string(),
+                    source,
+                });
+            }
         };
-        let raw = read_frame(&mut self.reader, usize::MAX >> 1).map_err(frame_error)?;
         let reply = Reply::decode(raw.kind, &raw.body).map_err(|source| ClientError::Frame {
             address: self.address.to_string(),
             source,
@@ -297,6 +419,15 @@ impl Client {
             });
         }
         Ok(reply)
+    }
+
+    /// An I/O error as a [`ClientError`]: a timeout closes the connection (a late reply
+    /// would answer the wrong request) and says so.
+    fn io_error(&mut self, source: std::io::Error, doing: &str) -> ClientError {
+        if is_timeout(&source) {
+            self.writer.shutdown();
+        }
+        classify(&self.address, source, doing, self.timeout)
     }
 
     fn unexpected(&self, request: &'static str, reply: &Reply) -> ClientError {
@@ -318,6 +449,33 @@ impl Drop for Client {
     /// out of scope are not cut off by the closing connection.
     fn drop(&mut self) {
         let _ = self.flush();
+    }
+}
+
+/// Whether an I/O error is a socket timeout (`WouldBlock` from `SO_RCVTIMEO` on Unix).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+fn classify(
+    address: &Address,
+    source: std::io::Error,
+    doing: &str,
+    timeout: Option<Duration>,
+) -> ClientError {
+    match timeout {
+        Some(after) if is_timeout(&source) => ClientError::TimedOut {
+            address: address.to_string(),
+            doing: doing.to_string(),
+            after,
+        },
+        _ => ClientError::Io {
+            address: address.to_string(),
+            source,
+        },
     }
 }
 

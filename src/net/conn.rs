@@ -1,7 +1,7 @@
 //! One stream type for TCP and Unix-domain sockets.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -75,6 +75,33 @@ impl Conn {
             }
             Address::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
         })
+    }
+
+    /// Connects to `address`, giving up on each TCP address it resolves to after `timeout`
+    /// (`None`: the platform's own, often minutes). A Unix-domain connect does not wait.
+    ///
+    /// # Errors
+    /// The connection error of the last address tried (`TimedOut` if it timed out).
+    pub fn connect_timeout(address: &Address, timeout: Option<Duration>) -> std::io::Result<Conn> {
+        let (Address::Tcp(a), Some(timeout)) = (address, timeout) else {
+            return Conn::connect(address);
+        };
+        let mut last = None;
+        for socket in a.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&socket, timeout) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    return Ok(Conn::Tcp(s));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{a} resolves to no address"),
+            )
+        }))
     }
 
     /// A second handle to the same stream.

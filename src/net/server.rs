@@ -288,14 +288,16 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
 }
 
 fn checkpoint_loop(every: Duration, shared: Arc<Shared>) {
-    let mut next = Instant::now() + every;
+    // A period beyond what an `Instant` can reach means no periodic checkpoint.
+    let after = |t: Instant| t.checked_add(every);
+    let mut next = after(Instant::now());
     while !shared.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20).min(every));
-        if Instant::now() >= next {
+        if next.is_some_and(|n| Instant::now() >= n) {
             if let Err(e) = shared.checkpoint() {
                 eprintln!("headstart serve: periodic checkpoint failed: {e}");
             }
-            next = Instant::now() + every;
+            next = after(Instant::now());
         }
     }
 }
