@@ -1,6 +1,6 @@
 //! Load: one million samples (d = 384) from four clients over loopback into a `headstart
 //! serve` process; reports samples/s and the server's peak memory, and checks that the peak
-//! stays flat while clients keep pushing (backpressure: each client keeps at most a window of
+//! stays bounded while clients keep pushing (backpressure: each client keeps at most a window of
 //! batches unacknowledged, the server reads ahead at most `ACK_WINDOW`, the reducer's
 //! channel is bounded).
 
@@ -86,9 +86,15 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
         baseline_kib as f64 / 1024.0
     );
     assert!(total >= 1_000_000);
-    // Flat: the last three quarters of the stream add at most 10% (and 16 MiB of slack).
+    // Bounded whatever the timing: the stream is 1.5 GiB of features, and the server holds at
+    // most the reducer's queue (8 batches) and the one it multiplies, plus per connection a
+    // frame, its decoded batch and its layout: about 21 batches of 6 MiB, ~130 MiB. 400 MiB
+    // above idle leaves room for the allocator and fails any buffering that grows with the
+    // stream (the comparison of early and final peaks is printed, not asserted: it depends on
+    // how the scheduler interleaves the clients).
+    let growth_mib = (final_peak_kib - baseline_kib) as f64 / 1024.0;
     assert!(
-        final_peak_kib as f64 <= early_peak_kib as f64 * 1.1 + 16.0 * 1024.0,
-        "peak grew from {early_peak_kib} KiB to {final_peak_kib} KiB"
+        growth_mib < 400.0,
+        "server peak RSS grew {growth_mib:.0} MiB above idle while taking the stream"
     );
 }

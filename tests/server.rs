@@ -298,11 +298,11 @@ impl RawClient {
 #[test]
 fn idle_and_surplus_connections_are_closed_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), |c| {
+    let idle_server = server(dir.path(), |c| {
         c.idle_timeout = Duration::from_millis(300);
         c.max_connections = 2;
     });
-    let address = server.address();
+    let address = idle_server.address();
     let started = Instant::now();
     let mut idle = RawClient::new(&address);
     match idle.reply() {
@@ -314,11 +314,21 @@ fn idle_and_surplus_connections_are_closed_with_a_reason() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(250));
-    // Two connections held open; a third is refused with a reason.
+    idle_server.shutdown().unwrap();
+
+    // Two connections held open; a third is refused with a reason. Each of the two has had a
+    // reply, so the server counts both before the third arrives (no sleep), and the idle
+    // timeout is far longer than any pause of a loaded machine.
+    let server = server(dir.path(), |c| {
+        c.idle_timeout = Duration::from_secs(120);
+        c.max_connections = 2;
+    });
+    let address = server.address();
     let mut first = Client::connect(&address).unwrap();
     first.hello(D, Dtype::F64).unwrap();
-    let _second = RawClient::new(&address);
-    std::thread::sleep(Duration::from_millis(50));
+    let mut second = RawClient::new(&address);
+    second.send(&hello(D as u64, Dtype::F32));
+    assert!(matches!(second.reply(), Some(Reply::Welcome { .. })));
     let mut third = RawClient::new(&address);
     assert!(matches!(
         third.reply(),
@@ -473,7 +483,17 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..900)));
+        // Kill at a random moment after this round's first completed sync (not after a fixed
+        // sleep, which a loaded machine could spend before any sync).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while synced.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no sync covered an acknowledged batch in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         serve.signal("-KILL");
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         for w in workers {
@@ -515,10 +535,7 @@ fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
         }
         assert_eq!(saved.samples(), counts.len() as u64 * ROWS as u64);
     }
-    assert!(
-        total_synced_rounds >= 3,
-        "too few rounds completed a sync: {total_synced_rounds}"
-    );
+    assert_eq!(total_synced_rounds, 5, "every round kills after a sync");
     assert!(
         guaranteed.len() >= 10,
         "too few synced batches: {}",
