@@ -383,6 +383,11 @@ impl Stats {
     /// Sets the threads of later products; 0 means [`default_threads`]. The statistics do
     /// not depend on it beyond f64 rounding.
     ///
+    /// With more than one thread, workers take a batch's 512-row chunks as they become free
+    /// (a worker slowed by another process takes fewer), so the order in which chunk products
+    /// are added, and with it the last bits of the f64 sums, can differ from run to run
+    /// (relative differences around 1e-16 per addition). One thread is bitwise reproducible.
+    ///
     /// # Examples
     /// ```
     /// let mut s = headstart::stats::Stats::new(4);
