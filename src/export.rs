@@ -85,7 +85,7 @@ pub fn to_safetensors(head: &Head, prefix: &str, extra: &BTreeMap<String, String
 
     let info = &head.info;
     let mut meta: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let json_list = |v: Vec<String>| format!("[{}]", v.join(","));
+    let json = |v: &[_]| serde_json::to_string(v).expect("numbers serialise");
     for (key, value) in [
         ("format", "pt".to_string()),
         ("headstart_version", env!("CARGO_PKG_VERSION").to_string()),
@@ -96,13 +96,10 @@ pub fn to_safetensors(head: &Head, prefix: &str, extra: &BTreeMap<String, String
         ("bias", info.bias.to_string()),
         ("samples", info.samples.to_string()),
         ("dim", head.dim.to_string()),
-        (
-            "classes",
-            json_list(head.class_ids.iter().map(i64::to_string).collect()),
-        ),
+        ("classes", json(&head.class_ids)),
         (
             "class_counts",
-            json_list(info.class_counts.iter().map(u64::to_string).collect()),
+            serde_json::to_string(&info.class_counts).expect("numbers serialise"),
         ),
         ("prefix", prefix.to_string()),
     ] {

@@ -118,21 +118,7 @@ impl HeadArgs {
         if self.match_norm.is_some() {
             bail!("--match-norm is applied locally: solve from a state file (--state) to use it");
         }
-        Ok(SolveRequest {
-            form: self.form.to_string(),
-            bias: !self.no_bias,
-            lambda: match prepared.options.lambda {
-                Lambda::Absolute(v) => Some(v),
-                Lambda::Relative(_) => None,
-            },
-            lambda_rel: match prepared.options.lambda {
-                Lambda::Relative(r) => Some(r),
-                Lambda::Absolute(_) => None,
-            },
-            scope: self.scope.to_string(),
-            classes: prepared.options.classes,
-            prefix: self.prefix.clone(),
-        })
+        Ok(SolveRequest::new(&prepared.options, &self.prefix))
     }
 }
 

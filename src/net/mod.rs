@@ -54,7 +54,7 @@ use crate::solve::{Form, Lambda, Scope, SolveOptions};
 #[serde(deny_unknown_fields, default)]
 pub struct SolveRequest {
     /// `nc` or `ridge`.
-    pub form: String,
+    pub form: Form,
     /// Whether to solve a bias.
     pub bias: bool,
     /// An absolute λ ≥ 0.
@@ -63,7 +63,7 @@ pub struct SolveRequest {
     /// relative factor.
     pub lambda_rel: Option<f64>,
     /// `all` or `task`.
-    pub scope: String,
+    pub scope: Scope,
     /// Classes to solve, in row order (default: all, ascending).
     pub classes: Option<Vec<i64>>,
     /// Prefix of the tensor names in the reply.
@@ -71,29 +71,50 @@ pub struct SolveRequest {
 }
 
 impl Default for SolveRequest {
+    /// Every default; no λ field, so the server's default (`rel`) applies.
     fn default() -> Self {
-        let d = SolveOptions::default();
         SolveRequest {
-            form: d.form.to_string(),
-            bias: d.bias,
             lambda: None,
             lambda_rel: None,
-            scope: d.scope.to_string(),
-            classes: None,
-            prefix: String::new(),
+            ..SolveRequest::new(&SolveOptions::default(), "")
         }
     }
 }
 
 impl SolveRequest {
+    /// The request for `options`, naming tensors with `prefix`.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::net::SolveRequest;
+    /// use headstart::solve::{Lambda, SolveOptions};
+    /// let opts = SolveOptions { lambda: Lambda::Absolute(0.5), ..SolveOptions::default() };
+    /// assert_eq!(SolveRequest::new(&opts, "fc.").options().unwrap(), opts);
+    /// ```
+    pub fn new(options: &SolveOptions, prefix: &str) -> Self {
+        let (lambda, lambda_rel) = match options.lambda {
+            Lambda::Absolute(v) => (Some(v), None),
+            Lambda::Relative(r) => (None, Some(r)),
+        };
+        SolveRequest {
+            form: options.form,
+            bias: options.bias,
+            lambda,
+            lambda_rel,
+            scope: options.scope,
+            classes: options.classes.clone(),
+            prefix: prefix.to_string(),
+        }
+    }
+
     /// The solver options this request describes.
     ///
     /// # Errors
-    /// A message naming the field that does not parse.
+    /// A message when both `lambda` and `lambda_rel` are given.
     pub fn options(&self) -> Result<SolveOptions, String> {
         Ok(SolveOptions {
-            form: self.form.parse::<Form>().map_err(|e| format!("form: {e}"))?,
-            scope: self.scope.parse::<Scope>().map_err(|e| format!("scope: {e}"))?,
+            form: self.form,
+            scope: self.scope,
             lambda: match (self.lambda, self.lambda_rel) {
                 (Some(_), Some(_)) => return Err("give lambda or lambda_rel, not both".into()),
                 (Some(v), None) => Lambda::Absolute(v),

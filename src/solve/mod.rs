@@ -36,8 +36,9 @@ use faer::{Mat, Side};
 pub use crate::stats::Scope;
 use crate::stats::{Moments, Stats};
 
-/// Which least-squares head to solve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Which least-squares head to solve. Text and JSON: `nc`, `ridge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Form {
     /// The neural-collapse LS head of Harun & Kanan (Eq. 3): W = (1/C)·Mᵀ(G/N + λI)⁻¹.
     #[default]

@@ -89,8 +89,9 @@ pub enum MergeError {
     },
 }
 
-/// Which samples a question about the state covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Which samples a question about the state covers. Text and JSON: `all`, `task`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every sample.
     #[default]
