@@ -558,19 +558,22 @@ impl FeatureFile {
     }
 }
 
-/// Decodes fixed-width values in the file's byte order.
+/// Decodes fixed-width values in the file's byte order. The conversions are generic (not
+/// function pointers) and the byte-order branch sits outside the loop, so the loop inlines
+/// and vectorises (with function pointers, the out-of-line per-value call took ~30% of a
+/// reading profile).
 fn decode_values<T, const N: usize>(
     raw: &[u8],
     big: bool,
-    be: fn([u8; N]) -> T,
-    le: fn([u8; N]) -> T,
+    be: impl Fn([u8; N]) -> T,
+    le: impl Fn([u8; N]) -> T,
 ) -> Vec<T> {
-    raw.chunks_exact(N)
-        .map(|b| {
-            let b: [u8; N] = b.try_into().expect("chunks_exact yields N bytes");
-            if big { be(b) } else { le(b) }
-        })
-        .collect()
+    let bytes = |b: &[u8]| -> [u8; N] { b.try_into().expect("chunks_exact yields N bytes") };
+    if big {
+        raw.chunks_exact(N).map(|b| be(bytes(b))).collect()
+    } else {
+        raw.chunks_exact(N).map(|b| le(bytes(b))).collect()
+    }
 }
 
 /// The position and text of the first NaN or infinite value.
