@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::solve::Head;
+use crate::solve::{Head, HeadInfo};
 
 /// Why a head could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -260,19 +260,47 @@ fn weight_tensor(path: &Path, file: &SafeTensors<'_>, name: &str) -> Result<Weig
     })
 }
 
-/// A head read back from a file written by [`write_head`].
+/// A head read back from a file written by [`write_head`]: the [`Head`] (values as stored,
+/// f32 widened; [`HeadInfo`](crate::solve::HeadInfo) from the metadata) and every
+/// `__metadata__` entry, including the caller's extras. Derefs to the [`Head`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredHead {
-    /// C × d weights, row-major (as stored, F32 widened).
-    pub weight: Vec<f64>,
-    /// C biases.
-    pub bias: Vec<f64>,
-    /// Class id of each row.
-    pub class_ids: Vec<i64>,
-    /// d.
-    pub dim: usize,
+    /// The head.
+    pub head: Head,
     /// The `__metadata__` entries.
     pub metadata: BTreeMap<String, String>,
+}
+
+impl std::ops::Deref for StoredHead {
+    type Target = Head;
+    fn deref(&self) -> &Head {
+        &self.head
+    }
+}
+
+/// How a head was solved, from the metadata [`to_safetensors`] writes.
+fn info_from_metadata(path: &Path, meta: &BTreeMap<String, String>) -> Result<HeadInfo, ExportError> {
+    fn field<T: std::str::FromStr>(
+        path: &Path,
+        meta: &BTreeMap<String, String>,
+        key: &str,
+    ) -> Result<T, ExportError> {
+        meta.get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| content(path, format!("metadata '{key}' is missing or malformed")))
+    }
+    Ok(HeadInfo {
+        form: field(path, meta, "form")?,
+        scope: field(path, meta, "scope")?,
+        lambda: field(path, meta, "lambda")?,
+        lambda_rule: field(path, meta, "lambda_rule")?,
+        bias: field(path, meta, "bias")?,
+        samples: field(path, meta, "samples")?,
+        class_counts: meta
+            .get("class_counts")
+            .and_then(|v| serde_json::from_str(v).ok())
+            .ok_or_else(|| content(path, "metadata 'class_counts' is missing or malformed".into()))?,
+    })
 }
 
 /// Reads a head file written by [`write_head`] with the given prefix.
@@ -312,19 +340,35 @@ pub fn decode_head(bytes: &[u8], prefix: &str, origin: &Path) -> Result<StoredHe
             format!("bias or class_ids do not match {} rows of F32/I64", w.rows),
         ));
     }
+    let metadata: BTreeMap<String, String> =
+        meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let info = info_from_metadata(path, &metadata)?;
+    if info.class_counts.len() != w.rows {
+        return Err(content(
+            path,
+            format!(
+                "metadata 'class_counts' has {} entries for {} rows",
+                info.class_counts.len(),
+                w.rows
+            ),
+        ));
+    }
     Ok(StoredHead {
-        bias: bias
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
-            .collect(),
-        class_ids: ids
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect(),
-        weight: w.values,
-        dim: w.cols,
-        metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect(),
+        head: Head {
+            bias: bias
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                .collect(),
+            class_ids: ids
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            weight: w.values,
+            dim: w.cols,
+            info,
+        },
+        metadata,
     })
 }

@@ -311,3 +311,41 @@ fn state_file_errors_are_one_line_and_name_the_file() {
         &["--lambda auto", "--connect"],
     );
 }
+
+/// A head read back is the head written: its solve description exactly (from the metadata),
+/// its values to f32 storage, and a file whose metadata lacks a field is refused by name.
+#[test]
+fn a_stored_head_reads_back_as_the_head_with_its_solve_description() {
+    use headstart::export::{decode_head, to_safetensors};
+    use headstart::solve::{Form, Lambda};
+    use std::collections::BTreeMap;
+    let (x, y) = labelled_data(5, 300, 4, &[2, 9, 11]);
+    let mut s = Stats::new(4);
+    s.update(&x, &y).unwrap();
+    let opts = SolveOptions {
+        form: Form::Ridge,
+        lambda: Lambda::Relative(0.01),
+        classes: Some(vec![11, 2]),
+        ..SolveOptions::default()
+    };
+    let head = Solver::new().solve(&s, &opts).unwrap();
+    let mut extra = BTreeMap::new();
+    extra.insert("note".to_string(), "kept".to_string());
+    let bytes = to_safetensors(&head, "fc.", &extra);
+    let stored = decode_head(&bytes, "fc.", std::path::Path::new("h")).unwrap();
+    assert_eq!(stored.info, head.info);
+    assert_eq!((stored.class_ids.clone(), stored.dim), (vec![11, 2], 4));
+    assert!(rel_err(&stored.weight, &head.weight) < F32_STORAGE_REL_TOL);
+    assert_eq!(stored.metadata["note"], "kept");
+    assert_eq!(stored.info.lambda_rule, Lambda::Relative(0.01));
+    assert_eq!(stored.info.scope, Scope::All);
+
+    // The same tensors without the solve description: refused, naming the field.
+    let mut bare = BTreeMap::new();
+    bare.insert("format".to_string(), "pt".to_string());
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors.tensors();
+    let stripped = safetensors::tensor::serialize(views, Some(bare.into_iter().collect())).unwrap();
+    let err = decode_head(&stripped, "fc.", std::path::Path::new("h")).unwrap_err();
+    assert!(err.to_string().contains("metadata 'form'"), "{err}");
+}
