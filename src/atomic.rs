@@ -1,7 +1,7 @@
 //! Atomic file replacement, shared by heads ([`crate::export`]) and state files
 //! ([`crate::snapshot`]).
 //!
-//! [`write`] puts the bytes in a new file with a random name in the target's folder, fsyncs
+//! [`write()`] puts the bytes in a new file with a random name in the target's folder, fsyncs
 //! it, renames it over the target and fsyncs the folder: a crash leaves either the old file or
 //! the new one, never a mix. The new file gets the permissions an ordinary file would get:
 //! those of the file it replaces, or, for a new file, `0666` less the process's umask.

@@ -261,7 +261,7 @@ fn weight_tensor(path: &Path, file: &SafeTensors<'_>, name: &str) -> Result<Weig
 }
 
 /// A head read back from a file written by [`write_head`]: the [`Head`] (values as stored,
-/// f32 widened; [`HeadInfo`](crate::solve::HeadInfo) from the metadata) and every
+/// f32 widened; [`HeadInfo`] from the metadata) and every
 /// `__metadata__` entry, including the caller's extras. Derefs to the [`Head`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredHead {
