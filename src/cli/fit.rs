@@ -9,7 +9,7 @@ use clap::Args;
 use headstart::solve::Scope;
 
 use super::check_output;
-use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
 use super::stream::{Split, StreamArgs, StreamConfig, stream_files};
 
 #[derive(Args)]
@@ -128,31 +128,23 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     )?;
 
     let total = started.elapsed().as_secs_f64();
-    outln!(
-        "samples: {} read, {} used for the head{}",
-        streamed.rows,
-        streamed.train.samples(),
-        validation
-            .as_ref()
-            .map(|v| format!(", {} held out", v.samples()))
-            .unwrap_or_default()
-    )?;
-    outln!(
-        "classes: {} solved, dimension {}",
-        solved.head.rows(),
-        solved.head.dim
-    )?;
-    print_choice(&solved)?;
-    outln!(
-        "time: {total:.3} s (reading and accumulating {ingest_seconds:.3} s, {:.0} samples/s)",
-        streamed.rows as f64 / ingest_seconds.max(1e-9)
-    )?;
-    outln!(
-        "wrote {} ({} × {}, prefix '{}')",
-        args.out.display(),
-        solved.head.rows(),
-        solved.head.dim,
-        args.head.prefix
+    let held_out = validation
+        .as_ref()
+        .map(|v| format!(", {} held out", v.samples()))
+        .unwrap_or_default();
+    print_summary(
+        &solved,
+        &format!(
+            "{} read, {} used for the head{held_out}",
+            streamed.rows,
+            streamed.train.samples()
+        ),
+        &format!(
+            "{total:.3} s (reading and accumulating {ingest_seconds:.3} s, {:.0} samples/s)",
+            streamed.rows as f64 / ingest_seconds.max(1e-9)
+        ),
+        &args.out,
+        &args.head.prefix,
     )?;
     Ok(())
 }

@@ -176,8 +176,25 @@ pub fn solve_and_write(
     Ok(Solved { head, choice })
 }
 
+/// Prints what `fit` and `solve --state` report after writing a head: `samples` (its own
+/// line), the classes and dimension, the choice of λ, `time` (its own line) and the file.
+pub fn print_summary(
+    solved: &Solved,
+    samples: &str,
+    time: &str,
+    out: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let (rows, dim) = (solved.head.rows(), solved.head.dim);
+    outln!("samples: {samples}")?;
+    outln!("classes: {rows} solved, dimension {dim}")?;
+    print_choice(solved)?;
+    outln!("time: {time}")?;
+    outln!("wrote {} ({rows} × {dim}, prefix '{prefix}')", out.display())
+}
+
 /// Prints λ (with the auto choice and its edge warning), form and bias.
-pub fn print_choice(solved: &Solved) -> anyhow::Result<()> {
+fn print_choice(solved: &Solved) -> anyhow::Result<()> {
     let info = &solved.head.info;
     match &solved.choice {
         None => outln!("lambda: {}", describe_lambda(info.lambda, info.lambda_rule))?,

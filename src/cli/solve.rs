@@ -10,7 +10,7 @@ use headstart::net::{Address, Client};
 use headstart::snapshot;
 
 use super::check_output;
-use super::head::{HeadArgs, LambdaArg, print_choice, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
 
 #[derive(Args)]
 #[group(id = "source", required = true, multiple = false, args = ["state", "connect"])]
@@ -79,31 +79,23 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
         &args.out,
         extra,
     )?;
-    outln!(
-        "samples: {} in the state, {} used for the head{}",
-        state.samples(),
-        solved.head.info.samples,
-        validation
-            .as_ref()
-            .map(|v| format!(", {} held out", v.samples()))
-            .unwrap_or_default()
-    )?;
-    outln!(
-        "classes: {} solved, dimension {}",
-        solved.head.rows(),
-        solved.head.dim
-    )?;
-    print_choice(&solved)?;
-    outln!(
-        "time: {:.3} s (reading the state {read_seconds:.3} s)",
-        started.elapsed().as_secs_f64()
-    )?;
-    outln!(
-        "wrote {} ({} × {}, prefix '{}')",
-        args.out.display(),
-        solved.head.rows(),
-        solved.head.dim,
-        args.head.prefix
+    let held_out = validation
+        .as_ref()
+        .map(|v| format!(", {} held out", v.samples()))
+        .unwrap_or_default();
+    print_summary(
+        &solved,
+        &format!(
+            "{} in the state, {} used for the head{held_out}",
+            state.samples(),
+            solved.head.info.samples
+        ),
+        &format!(
+            "{:.3} s (reading the state {read_seconds:.3} s)",
+            started.elapsed().as_secs_f64()
+        ),
+        &args.out,
+        &args.head.prefix,
     )?;
     Ok(())
 }
