@@ -235,29 +235,15 @@ mod cli_errors {
     //! The CLI's error line: each message once, naming the path the user gave.
 
     use std::path::Path;
-    use std::process::Command;
 
+    use super::common::{fails, s};
     use headstart::ingest::npy::{write_f32, write_i64};
-
-    /// Runs headstart, expects failure, and returns stderr.
-    fn fails(args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_headstart"))
-            .args(args)
-            .output()
-            .expect("running headstart");
-        assert!(!out.status.success(), "{args:?} should fail");
-        String::from_utf8(out.stderr).unwrap()
-    }
 
     fn pair(dir: &Path) -> (String, String) {
         let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
         write_f32(&xp, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2).unwrap();
         write_i64(&yp, &[1, 2, 1]).unwrap();
         (s(&xp), s(&yp))
-    }
-
-    fn s(p: &Path) -> String {
-        p.to_str().unwrap().to_string()
     }
 
     #[test]

@@ -1,28 +1,17 @@
 //! What the CLI writes: stdout closed early, output files' permissions, summaries and their
 //! wording.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use common::{headstart, ok, s};
 use headstart::export::read_head;
 use headstart::ingest::npy::{write_f32, write_i64};
 
 const BIN: &str = env!("CARGO_BIN_EXE_headstart");
-
-fn headstart(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("running headstart")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = headstart(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Runs with stdout a pipe whose read end is closed before the program writes.
 fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
@@ -52,10 +41,6 @@ fn pair(dir: &Path) -> (String, String) {
     write_f32(&xp, &x, rows, cols).unwrap();
     write_i64(&yp, &y).unwrap();
     (s(&xp), s(&yp))
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 fn ingest(x: &str, y: &str, state: &str) -> String {

@@ -3,9 +3,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-use common::{F32_STORAGE_REL_TOL, SUM_ORDER_REL_TOL, labelled_data, rel_err};
+use common::{F32_STORAGE_REL_TOL, SUM_ORDER_REL_TOL, headstart, labelled_data, ok, rel_err};
 use headstart::export::read_head;
 use headstart::ingest::npy::{write_f32, write_i64};
 use headstart::snapshot;
@@ -13,23 +12,6 @@ use headstart::solve::{Scope, SolveOptions, Solver};
 use headstart::stats::Stats;
 
 const D: usize = 5;
-
-fn headstart(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_headstart"))
-        .args(args)
-        .output()
-        .expect("running headstart")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = headstart(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// `ingest` of the given files into `state`.
 fn ingest_args<'a>(features: &'a str, labels: &'a str, state: &'a str) -> [&'a str; 7] {

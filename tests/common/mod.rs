@@ -143,3 +143,34 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the `headstart` program with `args`.
+pub fn headstart(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_headstart"))
+        .args(args)
+        .output()
+        .expect("running headstart")
+}
+
+/// Runs `headstart`, expects success, and returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = headstart(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `headstart`, expects failure, and returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = headstart(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
