@@ -58,7 +58,7 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
             let (address, sent) = (address.clone(), Arc::clone(&sent));
             s.spawn(move || {
                 let mut c = Client::connect(&address).unwrap();
-                c.hello(D, Dtype::F32).unwrap();
+                c.open(D, Dtype::F32).unwrap();
                 for i in 0..per_client as usize {
                     c.push(&mine[i % mine.len()]).unwrap();
                     sent.fetch_add(ROWS as u64, Ordering::SeqCst);

@@ -6,7 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::labelled_data;
-use headstart::net::protocol::{Dtype, ErrorCode, Limits, Reply, Request, encode_request, read_frame};
+use headstart::net::auth::Role;
+use headstart::net::protocol::{
+    Dtype, ErrorCode, Limits, PROTOCOL_VERSION, Reply, Request, Secret, encode_request, read_frame,
+};
 use headstart::snapshot::{self, HEADER_LEN, SnapshotError};
 use headstart::stats::{Batch, Stats};
 use proptest::prelude::*;
@@ -208,9 +211,15 @@ fn arbitrary_request() -> impl Strategy<Value = (Request, Option<(usize, Dtype, 
         )
     });
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(version, dim, f)| (
+        Just((
             Request::Hello {
-                version,
+                version: PROTOCOL_VERSION
+            },
+            None
+        )),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|t| (Request::Auth(Secret(t)), None)),
+        (any::<u64>(), any::<bool>()).prop_map(|(dim, f)| (
+            Request::Open {
                 dim,
                 dtype: if f { Dtype::F32 } else { Dtype::F64 }
             },
@@ -239,17 +248,22 @@ fn arbitrary_request() -> impl Strategy<Value = (Request, Option<(usize, Dtype, 
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(version, dim, samples)| Reply::Welcome {
-            version,
+        any::<bool>().prop_map(|token_required| Reply::Welcome {
+            version: PROTOCOL_VERSION,
+            token_required
+        }),
+        (any::<bool>(), any::<u64>(), any::<u64>()).prop_map(|(admin, dim, samples)| Reply::Ready {
+            role: if admin { Role::Admin } else { Role::Push },
             dim,
             samples
         }),
+        any::<u64>().prop_map(|samples| Reply::Opened { samples }),
         any::<u64>().prop_map(Reply::Ack),
         Just(Reply::TaskBegun),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Reply::Head),
         any::<u64>().prop_map(Reply::Synced),
         ".{0,40}".prop_map(Reply::Stats),
-        (0usize..9, any::<bool>(), ".{0,40}").prop_map(|(c, fatal, message)| Reply::Error {
+        (0usize..12, any::<bool>(), ".{0,40}").prop_map(|(c, fatal, message)| Reply::Error {
             code: [
                 ErrorCode::Malformed,
                 ErrorCode::TooLarge,
@@ -259,7 +273,10 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
                 ErrorCode::Solve,
                 ErrorCode::Durability,
                 ErrorCode::IdleTimeout,
-                ErrorCode::Unavailable
+                ErrorCode::Unavailable,
+                ErrorCode::Unauthorized,
+                ErrorCode::Forbidden,
+                ErrorCode::Transport
             ][c],
             fatal,
             message
@@ -296,7 +313,8 @@ proptest! {
         let shortened = &frame[..frame.len() - cut.min(frame.len())];
         prop_assert!(read_frame(&mut &shortened[..], 1 << 20).is_err());
         // A body cut short under a length that agrees with it reads as a frame, and then must
-        // not decode: only SOLVE's free-form JSON text may shorten into another request.
+        // not decode: only the free-form bodies (SOLVE's JSON text, AUTH's token) may shorten
+        // into another request.
         let body = &frame[5..];
         if !body.is_empty() {
             let keep = body.len() - cut.min(body.len());
@@ -308,7 +326,7 @@ proptest! {
             match Request::decode(raw.kind, &raw.body, session) {
                 Err(_) => {}
                 Ok(shorter) => prop_assert!(
-                    matches!(shorter, Request::Solve(_)) && shorter != request,
+                    matches!(shorter, Request::Solve(_) | Request::Auth(_)) && shorter != request,
                     "a cut {:?} decoded as {:?}", request, shorter
                 ),
             }

@@ -1,13 +1,17 @@
 //! The Rust client of `headstart serve`.
 
 use std::io::BufReader;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::SolveRequest;
+use super::auth::{Role, Token};
 use super::conn::{Address, Conn};
 use super::protocol::{
-    Dtype, ErrorCode, FrameError, PROTOCOL_VERSION, Reply, Request, read_frame, write_batch_frame,
+    Dtype, ErrorCode, FrameError, PROTOCOL_VERSION, Reply, Request, Secret, kind, read_frame,
+    write_batch_frame,
 };
+use super::tls::{self, TlsError, TlsStream};
 use crate::stats::{Batch, Features};
 
 /// Why a client call failed.
@@ -80,9 +84,63 @@ pub enum ClientError {
         /// The client's limit.
         limit: usize,
     },
-    /// The call needs an open session ([`Client::hello`]) or a batch that fits it.
+    /// The TLS handshake failed (an untrusted certificate, a server that does not speak TLS).
+    #[error("{address}: TLS handshake failed: {reason}")]
+    Tls {
+        /// The server's address.
+        address: String,
+        /// What failed, with a hint.
+        reason: String,
+    },
+    /// The call needs an open session ([`Client::open`]) or a batch that fits it.
     #[error("{0}")]
     Usage(String),
+}
+
+/// How a client connects: timeout, token, TLS.
+///
+/// # Examples
+/// ```no_run
+/// use headstart::net::{Address, Client, ClientOptions};
+/// use headstart::net::auth::Token;
+/// let options = ClientOptions {
+///     token: Token::for_client(None)?, // HEADSTART_TOKEN, if set
+///     ..ClientOptions::default()
+/// }
+/// .with_tls_ca(std::path::Path::new("ca.pem"))?;
+/// let client = Client::connect_with(&"edge.example:7070".parse::<Address>()?, &options)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long to wait for the connection, and then for each read or write (`None`: forever).
+    pub timeout: Option<Duration>,
+    /// The token, sent only when the server asks for one.
+    pub token: Option<Token>,
+    /// Connect with TLS, trusting this configuration's CA ([`tls::client_config`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Default for ClientOptions {
+    /// A 60 s timeout, no token, no TLS.
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Some(DEFAULT_TIMEOUT),
+            token: None,
+            tls: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// These options with TLS, trusting the CA certificates in the PEM file `ca`.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file.
+    pub fn with_tls_ca(mut self, ca: &std::path::Path) -> Result<Self, TlsError> {
+        self.tls = Some(tls::client_config(ca)?);
+        Ok(self)
+    }
 }
 
 /// Batches [`Client::push`] leaves unacknowledged by default (see [`Client::set_window`]).
@@ -113,6 +171,9 @@ pub struct Client {
     reader: BufReader<Conn>,
     writer: Conn,
     session: Option<(usize, Dtype)>,
+    role: Role,
+    server_dim: usize,
+    samples_at_connect: u64,
     seq: u64,
     /// Sequence numbers sent and not yet acknowledged, oldest first.
     unacked: std::collections::VecDeque<u64>,
@@ -122,40 +183,133 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `address` (`HOST:PORT` or `unix:PATH`), waiting at most
-    /// 60 s (`DEFAULT_TIMEOUT`) for the connection and then for each read or write.
+    /// Connects to `address` (`HOST:PORT` or `unix:PATH`) without TLS or a token, waiting
+    /// at most 60 s (`DEFAULT_TIMEOUT`) for the connection and then for each read or write.
     ///
     /// # Errors
-    /// [`ClientError::Io`], or [`ClientError::TimedOut`].
+    /// As [`connect_with`](Client::connect_with).
     pub fn connect(address: &Address) -> Result<Client, ClientError> {
-        Client::connect_timeout(address, Some(DEFAULT_TIMEOUT))
+        Client::connect_with(address, &ClientOptions::default())
     }
 
-    /// Connects to `address`, waiting at most `timeout` for the connection and then for each
-    /// read or write (`None`: wait forever).
+    /// Connects to `address` without TLS or a token, waiting at most `timeout` for the
+    /// connection and then for each read or write (`None`: wait forever).
     ///
     /// # Errors
-    /// [`ClientError::Io`], or [`ClientError::TimedOut`]; [`ClientError::Usage`] for a zero
-    /// timeout.
+    /// As [`connect_with`](Client::connect_with).
     pub fn connect_timeout(address: &Address, timeout: Option<Duration>) -> Result<Client, ClientError> {
+        Client::connect_with(
+            address,
+            &ClientOptions {
+                timeout,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    /// Connects to `address`, runs the TLS handshake if `options.tls` is set, and then the
+    /// protocol's handshake: HELLO, and AUTH with the token if the server asks for one.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] or [`ClientError::TimedOut`] connecting; [`ClientError::Tls`];
+    /// [`ClientError::Server`] if the server refused the version (naming both), the token
+    /// ([`ErrorCode::Unauthorized`]) or the transport ([`ErrorCode::Transport`]: TLS against
+    /// plaintext or the other way round); [`ClientError::Usage`] for a zero timeout.
+    pub fn connect_with(address: &Address, options: &ClientOptions) -> Result<Client, ClientError> {
+        let timeout = options.timeout;
         if timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::Usage("a client timeout must be more than 0".into()));
         }
         let io = |source: std::io::Error| classify(address, source, "connecting", timeout);
-        let conn = Conn::connect_timeout(address, timeout).map_err(io)?;
+        let mut conn = Conn::connect_timeout(address, timeout).map_err(io)?;
         conn.set_timeouts(timeout).map_err(io)?;
+        if let Some(config) = &options.tls {
+            let name = tls::server_name(address).map_err(|reason| ClientError::Tls {
+                address: address.to_string(),
+                reason,
+            })?;
+            conn = Conn::Tls(Box::new(
+                TlsStream::connect(Arc::clone(config), name, conn)
+                    .map_err(|e| handshake_error(address, timeout, e))?,
+            ));
+        }
         let writer = conn.try_clone().map_err(io)?;
-        Ok(Client {
+        let mut client = Client {
             address: address.clone(),
             reader: BufReader::with_capacity(1 << 16, conn),
             writer,
             session: None,
+            role: Role::Push,
+            server_dim: 0,
+            samples_at_connect: 0,
             seq: 0,
             unacked: std::collections::VecDeque::new(),
             window: DEFAULT_WINDOW,
             timeout,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
-        })
+        };
+        client.handshake(options.token.as_ref())?;
+        Ok(client)
+    }
+
+    fn handshake(&mut self, token: Option<&Token>) -> Result<(), ClientError> {
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        let token_required = match self.call(&hello, "HELLO") {
+            Ok(Reply::Welcome { token_required, .. }) => token_required,
+            Ok(other) => return Err(self.unexpected("HELLO", &other)),
+            Err(ClientError::Server {
+                address,
+                code: ErrorCode::Malformed,
+                fatal,
+                message,
+            }) => {
+                return Err(ClientError::Server {
+                    address,
+                    code: ErrorCode::Malformed,
+                    fatal,
+                    message: format!(
+                        "{message} (is the server older? this client speaks protocol version {PROTOCOL_VERSION})"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        // A token goes only to a server that asks for it.
+        let secret = match (token_required, token) {
+            (true, Some(token)) => Secret(token.as_bytes().to_vec()),
+            _ => Secret::default(),
+        };
+        match self.call(&Request::Auth(secret), "AUTH")? {
+            Reply::Ready { role, dim, samples } => {
+                self.role = role;
+                self.server_dim = usize::try_from(dim).unwrap_or(usize::MAX);
+                self.samples_at_connect = samples;
+                Ok(())
+            }
+            other => Err(self.unexpected("AUTH", &other)),
+        }
+    }
+
+    /// What the server's token check granted: [`Role::Admin`] on a server without tokens.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The dimension of the server's state.
+    pub fn server_dim(&self) -> usize {
+        self.server_dim
+    }
+
+    /// Samples the server's state held when the connection was made.
+    pub fn samples_at_connect(&self) -> u64 {
+        self.samples_at_connect
+    }
+
+    /// Whether the connection is encrypted (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.writer.is_tls()
     }
 
     /// Sets how long each later read or write waits before the call fails with
@@ -252,23 +406,28 @@ impl Client {
         }
     }
 
-    /// Opens a session for batches of `dim` features of type `dtype`; returns the number of
-    /// samples the server's state holds.
+    /// Opens a session for batches of `dim` features of type `dtype` (once per connection);
+    /// returns the number of samples the server's state holds.
     ///
     /// # Errors
-    /// [`ClientError::Server`] if the server's dimension or protocol version differs.
-    pub fn hello(&mut self, dim: usize, dtype: Dtype) -> Result<u64, ClientError> {
-        let request = Request::Hello {
-            version: PROTOCOL_VERSION,
+    /// [`ClientError::Server`] if the server's dimension differs; [`ClientError::Usage`] for a
+    /// second session on one connection.
+    pub fn open(&mut self, dim: usize, dtype: Dtype) -> Result<u64, ClientError> {
+        if self.session.is_some() {
+            return Err(ClientError::Usage(
+                "this connection has a session already (one per connection)".into(),
+            ));
+        }
+        let request = Request::Open {
             dim: dim as u64,
             dtype,
         };
-        match self.call(&request, "HELLO")? {
-            Reply::Welcome { samples, .. } => {
+        match self.call(&request, "OPEN")? {
+            Reply::Opened { samples } => {
                 self.session = Some((dim, dtype));
                 Ok(samples)
             }
-            other => Err(self.unexpected("HELLO", &other)),
+            other => Err(self.unexpected("OPEN", &other)),
         }
     }
 
@@ -283,10 +442,7 @@ impl Client {
     pub fn push(&mut self, batch: &Batch) -> Result<(), ClientError> {
         let (dim, dtype) = self
             .session
-            .ok_or_else(|| ClientError::Usage("push needs a session: call hello first".into()))?;
-        batch
-            .validate(dim)
-            .map_err(|e| ClientError::Usage(format!("batch refused before sending: {e}")))?;
+            .ok_or_else(|| ClientError::Usage("push needs a session: call open first".into()))?;
         let converted;
         let batch = match (&batch.features, dtype) {
             (Features::F64(v), Dtype::F32) => {
@@ -305,6 +461,10 @@ impl Client {
             }
             _ => batch,
         };
+        // Checked after the conversion: an f64 value beyond f32's range is refused here.
+        batch
+            .validate(dim)
+            .map_err(|e| ClientError::Usage(format!("batch refused before sending: {e}")))?;
         let seq = self.seq + 1;
         if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
             // Not sent (a partial frame is never applied): not counted by `acknowledged`.
@@ -458,6 +618,38 @@ fn is_timeout(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
     )
+}
+
+/// A failed TLS handshake as a [`ClientError`]: a plaintext server's ERROR frame becomes a
+/// [`ClientError::Server`]; otherwise the TLS error with a hint.
+fn handshake_error(address: &Address, timeout: Option<Duration>, e: tls::HandshakeError) -> ClientError {
+    if e.received.len() > 4 && e.received[4] == kind::ERROR {
+        if let Ok(raw) = read_frame(&mut &e.received[..], e.received.len()) {
+            if let Ok(Reply::Error { code, fatal, message }) = Reply::decode(raw.kind, &raw.body) {
+                return ClientError::Server {
+                    address: address.to_string(),
+                    code,
+                    fatal,
+                    message,
+                };
+            }
+        }
+    }
+    if is_timeout(&e.error) {
+        return classify(address, e.error, "in the TLS handshake", timeout);
+    }
+    let text = e.error.to_string();
+    let hint = if text.contains("certificate") || text.contains("Certificate") {
+        " (does the --tls-ca file hold the CA that signed the server's certificate, and does the certificate name this host?)"
+    } else if e.received.is_empty() {
+        " (the server closed the connection: is it serving TLS?)"
+    } else {
+        ""
+    };
+    ClientError::Tls {
+        address: address.to_string(),
+        reason: format!("{text}{hint}"),
+    }
 }
 
 fn classify(

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::tls::TlsStream;
+
 /// Where a server listens or a client connects: `HOST:PORT` or `unix:PATH`.
 ///
 /// # Examples
@@ -52,13 +54,15 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// A connected stream of either kind.
+/// A connected stream: TCP, a Unix-domain socket, or TLS over either.
 #[derive(Debug)]
 pub enum Conn {
     /// TCP.
     Tcp(TcpStream),
     /// Unix-domain socket.
     Unix(UnixStream),
+    /// TLS over a TCP or Unix socket.
+    Tls(Box<TlsStream>),
 }
 
 impl Conn {
@@ -112,7 +116,24 @@ impl Conn {
         Ok(match self {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tls(s) => Conn::Tls(Box::new(s.try_clone()?)),
         })
+    }
+
+    /// Writes all of `bytes` to the socket through a shared reference (the handles of one
+    /// socket share its file descriptor). For the plain sockets only: TLS writes go through
+    /// [`Write`].
+    pub(crate) fn write_all_shared(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => (&mut &*s).write_all(bytes),
+            Conn::Unix(s) => (&mut &*s).write_all(bytes),
+            Conn::Tls(_) => Err(std::io::Error::other("TLS records go to the socket underneath")),
+        }
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
     }
 
     /// Sets both the read and the write timeout.
@@ -129,14 +150,19 @@ impl Conn {
                 s.set_read_timeout(timeout)?;
                 s.set_write_timeout(timeout)
             }
+            Conn::Tls(s) => s.socket().set_timeouts(timeout),
         }
     }
 
-    /// Closes both directions.
+    /// Closes both directions (a TLS stream sends close_notify first).
     pub fn shutdown(&self) {
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             Conn::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Conn::Tls(s) => {
+                s.shutdown();
+                Ok(())
+            }
         };
     }
 }
@@ -146,6 +172,7 @@ impl Read for Conn {
         match self {
             Conn::Tcp(s) => s.read(buf),
             Conn::Unix(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
         }
     }
 }
@@ -155,12 +182,14 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Tcp(s) => s.flush(),
             Conn::Unix(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
         }
     }
 }

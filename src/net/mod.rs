@@ -15,7 +15,7 @@
 //! let config = ServerConfig::new(dir.path().join("state.hs"));
 //! let server = Server::start(&"127.0.0.1:0".parse()?, Stats::new(2), config)?;
 //! let mut client = Client::connect(&server.address())?;
-//! client.hello(2, Dtype::F32)?;
+//! client.open(2, Dtype::F32)?;
 //! client.push(&Batch::new(vec![1.0f32, 0.0, 0.0, 1.0], vec![3, 4]))?;
 //! assert_eq!(client.sync()?, 2); // both rows are on disk now
 //! let head = client.solve(&SolveRequest::default())?; // safetensors bytes
@@ -24,12 +24,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod auth;
 mod client;
 mod conn;
 pub mod protocol;
 mod server;
+pub mod tls;
 
-pub use client::{Client, ClientError, DEFAULT_WINDOW};
+pub use client::{Client, ClientError, ClientOptions, DEFAULT_WINDOW};
 pub use conn::{Address, Conn};
 pub use server::{Server, ServerConfig, ServerError};
 

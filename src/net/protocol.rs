@@ -6,23 +6,25 @@
 //! # Examples
 //! ```
 //! use headstart::net::protocol::{Dtype, Limits, Request, read_frame, encode_request};
-//! let frame = encode_request(&Request::Hello { version: 1, dim: 4, dtype: Dtype::F32 });
+//! let frame = encode_request(&Request::Open { dim: 4, dtype: Dtype::F32 });
 //! let raw = read_frame(&mut &frame[..], Limits::default().max_frame_bytes)?;
 //! let back = Request::decode(raw.kind, &raw.body, None)?;
-//! assert_eq!(back, Request::Hello { version: 1, dim: 4, dtype: Dtype::F32 });
+//! assert_eq!(back, Request::Open { dim: 4, dtype: Dtype::F32 });
 //! # Ok::<(), headstart::net::protocol::FrameError>(())
 //! ```
 
 use std::io::{Read, Write};
 
+use super::auth::{MAX_TOKEN_LEN, Role};
 use crate::stats::{Batch, BatchError};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Version 2 added the handshake (HELLO, AUTH) that
+/// every connection begins with, and moved the session's dimension and dtype to OPEN.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Frame kinds sent by clients.
 pub mod kind {
-    /// Opens a session: protocol version, dimension, dtype.
+    /// Opens the connection: the client's protocol version.
     pub const HELLO: u8 = 0x01;
     /// A labelled batch.
     pub const BATCH: u8 = 0x02;
@@ -34,6 +36,10 @@ pub mod kind {
     pub const SYNC: u8 = 0x05;
     /// A summary of the state.
     pub const STATS: u8 = 0x06;
+    /// The client's token (empty when it has none).
+    pub const AUTH: u8 = 0x07;
+    /// Opens a batch session: dimension and dtype.
+    pub const OPEN: u8 = 0x08;
     /// Reply to HELLO.
     pub const WELCOME: u8 = 0x81;
     /// Reply to BATCH once applied.
@@ -46,6 +52,10 @@ pub mod kind {
     pub const SYNCED: u8 = 0x85;
     /// Reply to STATS: JSON.
     pub const STATS_REPLY: u8 = 0x86;
+    /// Reply to AUTH: the role granted, the state's dimension and samples.
+    pub const READY: u8 = 0x87;
+    /// Reply to OPEN.
+    pub const OPENED: u8 = 0x88;
     /// An error; `fatal` ones close the connection.
     pub const ERROR: u8 = 0xFF;
 }
@@ -116,6 +126,12 @@ pub enum ErrorCode {
     IdleTimeout = 8,
     /// The server is shutting down or too busy.
     Unavailable = 9,
+    /// The token is missing or wrong.
+    Unauthorized = 10,
+    /// The token's role does not allow the request.
+    Forbidden = 11,
+    /// The client speaks plaintext to a TLS server, or TLS to a plaintext one.
+    Transport = 12,
 }
 
 impl ErrorCode {
@@ -131,19 +147,37 @@ impl ErrorCode {
             Durability,
             IdleTimeout,
             Unavailable,
+            Unauthorized,
+            Forbidden,
+            Transport,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
     }
 }
 
+/// Bytes that must not be printed (a token in an AUTH frame); `Debug` hides them.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
 /// A client's request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// Opens the session.
+    /// Opens the connection (the first frame on every connection).
     Hello {
-        /// The client's protocol version.
+        /// The client's protocol version ([`PROTOCOL_VERSION`]).
         version: u32,
+    },
+    /// The client's token, right after HELLO (empty when the server asks for none).
+    Auth(Secret),
+    /// Opens a batch session: what BATCH frames on this connection carry.
+    Open {
         /// Feature dimension the client will send.
         dim: u64,
         /// Element type of its features.
@@ -169,12 +203,24 @@ pub enum Request {
 /// A server's reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// The session is open.
+    /// The versions match.
     Welcome {
         /// The server's protocol version.
         version: u32,
+        /// Whether AUTH must carry a token.
+        token_required: bool,
+    },
+    /// The client is authenticated.
+    Ready {
+        /// What its token allows.
+        role: Role,
         /// The state's dimension.
         dim: u64,
+        /// Samples in the state now.
+        samples: u64,
+    },
+    /// The batch session is open.
+    Opened {
         /// Samples in the state now.
         samples: u64,
     },
@@ -236,6 +282,12 @@ pub enum FrameError {
     /// The batch parsed but was refused.
     #[error("batch refused: {0}")]
     Batch(#[from] BatchError),
+    /// A HELLO of another protocol version (its body's layout may differ).
+    #[error("the client speaks protocol version {client}; this server speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The version the HELLO named.
+        client: u32,
+    },
 }
 
 impl FrameError {
@@ -245,6 +297,7 @@ impl FrameError {
             FrameError::TooLarge { .. } => ErrorCode::TooLarge,
             FrameError::TooManyRows { .. } => ErrorCode::TooManyRows,
             FrameError::Batch(_) => ErrorCode::BadBatch,
+            FrameError::Version { .. } => ErrorCode::Session,
             FrameError::Io(e)
                 if matches!(
                     e.kind(),
@@ -320,8 +373,17 @@ pub fn write_frame(w: &mut impl Write, kind: u8, body: &[u8]) -> std::io::Result
     let mut head = [0u8; 5];
     head[..4].copy_from_slice(&length.to_le_bytes());
     head[4] = kind;
-    w.write_all(&head)?;
-    w.write_all(body)?;
+    if body.len() <= 1 << 16 {
+        // One write, so that a small frame leaves in one segment: a TLS client that reads a
+        // plaintext server's ERROR during its handshake gets the whole frame at once.
+        let mut frame = Vec::with_capacity(5 + body.len());
+        frame.extend_from_slice(&head);
+        frame.extend_from_slice(body);
+        w.write_all(&frame)?;
+    } else {
+        w.write_all(&head)?;
+        w.write_all(body)?;
+    }
     w.flush()
 }
 
@@ -397,6 +459,8 @@ impl Request {
             kind::SOLVE => "SOLVE",
             kind::SYNC => "SYNC",
             kind::STATS => "STATS",
+            kind::AUTH => "AUTH",
+            kind::OPEN => "OPEN",
             other => {
                 return Err(FrameError::Malformed {
                     what: "unknown",
@@ -407,7 +471,24 @@ impl Request {
         let mut b = Body { bytes: body, what };
         let request = match kind {
             kind::HELLO => {
+                // Every version's HELLO starts with the version; what follows may differ.
                 let version = b.u32("version")?;
+                if version != PROTOCOL_VERSION {
+                    return Err(FrameError::Version { client: version });
+                }
+                b.end()?;
+                Request::Hello { version }
+            }
+            kind::AUTH => {
+                if body.len() > MAX_TOKEN_LEN {
+                    return Err(FrameError::Malformed {
+                        what,
+                        reason: format!("a token of {} bytes (at most {MAX_TOKEN_LEN})", body.len()),
+                    });
+                }
+                Request::Auth(Secret(body.to_vec()))
+            }
+            kind::OPEN => {
                 let dim = b.u64("dimension")?;
                 let dtype = match b.u8("dtype")? {
                     1 => Dtype::F32,
@@ -420,13 +501,13 @@ impl Request {
                     }
                 };
                 b.end()?;
-                Request::Hello { version, dim, dtype }
+                Request::Open { dim, dtype }
             }
             kind::BATCH => {
                 let Some((dim, dtype, limits)) = session else {
                     return Err(FrameError::Malformed {
                         what,
-                        reason: "BATCH before HELLO".into(),
+                        reason: "BATCH before OPEN".into(),
                     });
                 };
                 let seq = b.u64("sequence number")?;
@@ -479,12 +560,13 @@ impl Request {
 /// A request as one frame's bytes (length prefix included).
 pub fn encode_request(request: &Request) -> Vec<u8> {
     let (kind, body) = match request {
-        Request::Hello { version, dim, dtype } => {
-            let mut body = Vec::with_capacity(13);
-            body.extend_from_slice(&version.to_le_bytes());
+        Request::Hello { version } => (kind::HELLO, version.to_le_bytes().to_vec()),
+        Request::Auth(secret) => (kind::AUTH, secret.0.clone()),
+        Request::Open { dim, dtype } => {
+            let mut body = Vec::with_capacity(9);
             body.extend_from_slice(&dim.to_le_bytes());
             body.push(dtype.code());
-            (kind::HELLO, body)
+            (kind::OPEN, body)
         }
         Request::Batch { seq, batch } => (kind::BATCH, encode_batch_body(*seq, batch)),
         Request::BeginTask => (kind::BEGIN_TASK, Vec::new()),
@@ -586,15 +668,19 @@ impl Reply {
         match self {
             Reply::Welcome {
                 version,
-                dim,
-                samples,
+                token_required,
             } => {
-                let mut body = Vec::with_capacity(20);
-                body.extend_from_slice(&version.to_le_bytes());
-                body.extend_from_slice(&dim.to_le_bytes());
-                body.extend_from_slice(&samples.to_le_bytes());
+                let mut body = version.to_le_bytes().to_vec();
+                body.push(u8::from(*token_required));
                 (kind::WELCOME, body)
             }
+            Reply::Ready { role, dim, samples } => {
+                let mut body = vec![role.code()];
+                body.extend_from_slice(&dim.to_le_bytes());
+                body.extend_from_slice(&samples.to_le_bytes());
+                (kind::READY, body)
+            }
+            Reply::Opened { samples } => (kind::OPENED, samples.to_le_bytes().to_vec()),
             Reply::Ack(seq) => (kind::ACK, seq.to_le_bytes().to_vec()),
             Reply::TaskBegun => (kind::TASK_BEGUN, Vec::new()),
             Reply::Head(bytes) => (kind::HEAD, bytes.clone()),
@@ -618,9 +704,43 @@ impl Reply {
         let what = "reply";
         let mut b = Body { bytes: body, what };
         let reply = match kind {
-            kind::WELCOME => Reply::Welcome {
-                version: b.u32("version")?,
-                dim: b.u64("dimension")?,
+            kind::WELCOME => {
+                let version = b.u32("version")?;
+                if version != PROTOCOL_VERSION {
+                    // The rest of another version's WELCOME may differ.
+                    return Err(FrameError::Malformed {
+                        what,
+                        reason: format!(
+                            "the server speaks protocol version {version}; this client speaks {PROTOCOL_VERSION}"
+                        ),
+                    });
+                }
+                Reply::Welcome {
+                    version,
+                    token_required: match b.u8("token flag")? {
+                        0 => false,
+                        1 => true,
+                        other => {
+                            return Err(FrameError::Malformed {
+                                what,
+                                reason: format!("token flag {other} (expected 0 or 1)"),
+                            });
+                        }
+                    },
+                }
+            }
+            kind::READY => {
+                let code = b.u8("role")?;
+                Reply::Ready {
+                    role: Role::from_code(code).ok_or_else(|| FrameError::Malformed {
+                        what,
+                        reason: format!("role {code} (expected 1 = push or 2 = admin)"),
+                    })?,
+                    dim: b.u64("dimension")?,
+                    samples: b.u64("samples")?,
+                }
+            }
+            kind::OPENED => Reply::Opened {
                 samples: b.u64("samples")?,
             },
             kind::ACK => Reply::Ack(b.u64("sequence number")?),

@@ -1,7 +1,7 @@
 //! `headstart serve`: one state, many clients, checkpoints on disk.
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -11,10 +11,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::SolveRequest;
+use super::auth::{Role, Tokens};
 use super::conn::{Address, Conn};
 use super::protocol::{
-    Dtype, ErrorCode, FrameError, Limits, PROTOCOL_VERSION, Reply, Request, read_frame, write_frame,
+    Dtype, ErrorCode, FrameError, Limits, PROTOCOL_VERSION, Reply, Request, kind, read_frame, write_frame,
 };
+use super::tls::{TLS_HANDSHAKE_BYTE, TlsStream};
 use crate::pipeline::{self, Applied, PipelineError, Producer, Reducer};
 use crate::snapshot::{self, SnapshotError};
 use crate::solve::Solver;
@@ -38,11 +40,15 @@ pub struct ServerConfig {
     pub channel_capacity: usize,
     /// Print connection errors and checkpoints on stderr.
     pub verbose: bool,
+    /// The tokens clients must present, with their roles (none: every client is admin).
+    pub tokens: Option<Tokens>,
+    /// Serve TLS only ([`tls::server_config`](super::tls::server_config)); none: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
     /// Defaults: 64 MiB frames, 65,536 rows, 60 s idle timeout, no periodic checkpoint,
-    /// 64 connections, a channel of 8 batches, quiet.
+    /// 64 connections, a channel of 8 batches, quiet, no tokens, no TLS.
     pub fn new(state_path: PathBuf) -> Self {
         ServerConfig {
             state_path,
@@ -52,6 +58,8 @@ impl ServerConfig {
             max_connections: 64,
             channel_capacity: 8,
             verbose: false,
+            tokens: None,
+            tls: None,
         }
     }
 }
@@ -330,13 +338,10 @@ enum Outgoing {
 fn serve_connection(conn: Conn, shared: Arc<Shared>) {
     let _slot = Slot(&shared.connections);
     let open = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut writer = match conn.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+    let mut conn = conn;
     if open > shared.config.max_connections {
         let _ = send(
-            &mut writer,
+            &mut conn,
             &fatal(
                 ErrorCode::Unavailable,
                 format!(
@@ -351,6 +356,12 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
     if conn.set_timeouts(Some(shared.config.idle_timeout)).is_err() {
         return;
     }
+    let Some((conn, first)) = transport(conn, &shared) else {
+        return;
+    };
+    let Ok(writer) = conn.try_clone() else {
+        return;
+    };
     // Replies leave from their own thread, so that the next batch is read and queued while
     // earlier ones are applied: a client may keep a window of batches unacknowledged.
     let (outgoing, replies) = crossbeam_channel::bounded::<Outgoing>(ACK_WINDOW);
@@ -365,15 +376,94 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
         return;
     };
     let mut reader = BufReader::with_capacity(1 << 16, conn);
-    read_requests(&mut reader, &shared, &outgoing);
+    read_requests(&mut reader, first, &shared, &outgoing);
     drop(outgoing);
     let _ = replier.join();
     reader.get_ref().shutdown();
 }
 
-/// Reads requests until the connection ends or a fatal reply is queued.
-fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sender<Outgoing>) {
+/// Reads the connection's first byte and sets up its transport: TLS when the server has a
+/// certificate and the byte starts a TLS handshake, plaintext when it has none and the byte
+/// starts a frame (the byte is returned, to be read again). A client of the other kind gets
+/// a plaintext ERROR frame that says so, and the connection closes.
+fn transport(mut conn: Conn, shared: &Shared) -> Option<(Conn, Option<u8>)> {
+    let verbose = shared.config.verbose;
+    let mut first = [0u8; 1];
+    loop {
+        match conn.read(&mut first) {
+            Ok(0) => return None,
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    let message = format!("idle for more than {:?}: closing", shared.config.idle_timeout);
+                    if verbose {
+                        eprintln!("headstart serve: closing a connection: {message}");
+                    }
+                    let _ = send(&mut conn, &fatal(ErrorCode::IdleTimeout, message));
+                    conn.shutdown();
+                }
+                return None;
+            }
+        }
+    }
+    let refuse = |conn: &mut Conn, message: &str| {
+        if verbose {
+            eprintln!("headstart serve: closing a connection: {message}");
+        }
+        let _ = send(conn, &fatal(ErrorCode::Transport, message.to_string()));
+        conn.shutdown();
+        None
+    };
+    match (&shared.config.tls, first[0] == TLS_HANDSHAKE_BYTE) {
+        (Some(config), true) => match TlsStream::accept(Arc::clone(config), conn, &first) {
+            Ok(stream) => Some((Conn::Tls(Box::new(stream)), None)),
+            Err(e) => {
+                if verbose {
+                    eprintln!(
+                        "headstart serve: closing a connection: TLS handshake failed: {}",
+                        e.error
+                    );
+                }
+                None
+            }
+        },
+        (Some(_), false) => refuse(
+            &mut conn,
+            "this server accepts TLS connections only: connect with the CA certificate that signed its certificate (--tls-ca CA.pem; tls_ca= in Python)",
+        ),
+        (None, true) => refuse(
+            &mut conn,
+            "this server does not use TLS (it was started without --tls-cert): connect without --tls-ca",
+        ),
+        (None, false) => Some((conn, Some(first[0]))),
+    }
+}
+
+/// Where a connection stands in the handshake (docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing read yet: HELLO must come first.
+    Start,
+    /// HELLO answered: AUTH must come next.
+    Welcomed,
+    /// Authenticated with this role.
+    Ready(Role),
+}
+
+/// Reads requests until the connection ends or a fatal reply is queued. `first` is a byte
+/// already read from the stream, to be read again.
+fn read_requests(
+    reader: &mut BufReader<Conn>,
+    mut first: Option<u8>,
+    shared: &Shared,
+    outgoing: &Sender<Outgoing>,
+) {
     let mut session: Option<(usize, Dtype)> = None;
+    let mut phase = Phase::Start;
     let limits = shared.config.limits;
     let refuse = |code: ErrorCode, message: String| {
         if shared.config.verbose {
@@ -382,7 +472,11 @@ fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sende
         let _ = outgoing.send(Outgoing::Now(fatal(code, message)));
     };
     loop {
-        let raw = match read_frame(reader, limits.max_frame_bytes) {
+        let read = match first.take() {
+            Some(byte) => read_frame(&mut (&[byte][..]).chain(&mut *reader), limits.max_frame_bytes),
+            None => read_frame(reader, limits.max_frame_bytes),
+        };
+        let raw = match read {
             Ok(raw) => raw,
             Err(FrameError::Closed) => return,
             Err(e) => {
@@ -395,11 +489,14 @@ fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sende
                 return refuse(e.code(), message);
             }
         };
+        if let Err((code, message)) = admit(phase, raw.kind) {
+            return refuse(code, message);
+        }
         let request = match Request::decode(raw.kind, &raw.body, session.map(|(d, t)| (d, t, limits))) {
             Ok(r) => r,
             Err(e) => {
                 let code = match &e {
-                    FrameError::Malformed { reason, .. } if reason.contains("before HELLO") => {
+                    FrameError::Malformed { reason, .. } if reason.contains("before OPEN") => {
                         ErrorCode::Session
                     }
                     other => other.code(),
@@ -408,12 +505,35 @@ fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sende
             }
         };
         let next = match request {
-            Request::Hello { version, dim, dtype } => Outgoing::Now(if version != PROTOCOL_VERSION {
-                fatal(
-                    ErrorCode::Session,
-                    format!("protocol version {version}; this server speaks {PROTOCOL_VERSION}"),
-                )
-            } else if dim != shared.dim as u64 {
+            Request::Hello { .. } => {
+                phase = Phase::Welcomed;
+                Outgoing::Now(Reply::Welcome {
+                    version: PROTOCOL_VERSION,
+                    token_required: shared.config.tokens.is_some(),
+                })
+            }
+            Request::Auth(secret) => {
+                let role = match &shared.config.tokens {
+                    None => Role::Admin,
+                    Some(tokens) => match tokens.role_of(&secret.0) {
+                        Some(role) => role,
+                        None if secret.0.is_empty() => {
+                            return refuse(
+                                ErrorCode::Unauthorized,
+                                "this server requires a token: give the client one (--token-file F or HEADSTART_TOKEN)".into(),
+                            );
+                        }
+                        None => return refuse(ErrorCode::Unauthorized, "wrong token".into()),
+                    },
+                };
+                phase = Phase::Ready(role);
+                Outgoing::Now(Reply::Ready {
+                    role,
+                    dim: shared.dim as u64,
+                    samples: shared.acknowledged.load(Ordering::SeqCst),
+                })
+            }
+            Request::Open { dim, dtype } => Outgoing::Now(if dim != shared.dim as u64 {
                 fatal(
                     ErrorCode::Session,
                     format!(
@@ -422,12 +542,10 @@ fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sende
                     ),
                 )
             } else if session.is_some() {
-                fatal(ErrorCode::Session, "a second HELLO on one connection".into())
+                fatal(ErrorCode::Session, "a second OPEN on one connection".into())
             } else {
                 session = Some((shared.dim, dtype));
-                Reply::Welcome {
-                    version: PROTOCOL_VERSION,
-                    dim: shared.dim as u64,
+                Reply::Opened {
                     samples: shared.acknowledged.load(Ordering::SeqCst),
                 }
             }),
@@ -454,6 +572,41 @@ fn read_requests(reader: &mut BufReader<Conn>, shared: &Shared, outgoing: &Sende
         if outgoing.send(next).is_err() || close {
             return;
         }
+    }
+}
+
+/// Whether a connection in `phase` may make `request`: HELLO first, then AUTH, then what the
+/// role allows (push: OPEN and BATCH; admin: everything). The error closes the connection.
+///
+/// Checked on the frame's kind, before its body is decoded. A kind that is no request passes:
+/// decoding refuses it.
+fn admit(phase: Phase, frame_kind: u8) -> Result<(), (ErrorCode, String)> {
+    let name = match frame_kind {
+        kind::HELLO => "HELLO",
+        kind::AUTH => "AUTH",
+        kind::OPEN => "OPEN",
+        kind::BATCH => "BATCH",
+        kind::BEGIN_TASK => "BEGIN_TASK",
+        kind::SOLVE => "SOLVE",
+        kind::SYNC => "SYNC",
+        kind::STATS => "STATS",
+        _ => return Ok(()),
+    };
+    let session = |m: String| Err((ErrorCode::Session, m));
+    match (phase, frame_kind) {
+        (Phase::Start, kind::HELLO) | (Phase::Welcomed, kind::AUTH) => Ok(()),
+        (Phase::Start, _) => session(format!(
+            "the first frame must be HELLO (protocol version {PROTOCOL_VERSION} begins every connection with HELLO and AUTH), not {name}: is the client older than the server?"
+        )),
+        (Phase::Welcomed, _) => session(format!("AUTH must follow HELLO, not {name}")),
+        (Phase::Ready(_), kind::HELLO | kind::AUTH) => session(format!("a second {name} on one connection")),
+        (Phase::Ready(_), kind::OPEN | kind::BATCH) | (Phase::Ready(Role::Admin), _) => Ok(()),
+        (Phase::Ready(role), _) => Err((
+            ErrorCode::Forbidden,
+            format!(
+                "this connection's token has the role `{role}`, which may only send batches; {name} needs an `admin` token"
+            ),
+        )),
     }
 }
 
