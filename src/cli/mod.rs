@@ -1,5 +1,5 @@
 //! Command-line interface: `fit`, `demo`, `ingest`, `inspect`, `merge`, `solve`, `serve`,
-//! `push`, `sync` and `bench`.
+//! `push`, `sync`, `certs` and `bench`.
 
 /// `println!` that returns an error instead of panicking: `outln!("…")?`. A closed stdout
 /// (`… | head -1`) surfaces as [`StdoutClosed`], which [`main`] turns into a quiet exit 0.
@@ -24,6 +24,7 @@ mod classes;
 mod demo;
 mod fit;
 mod head;
+mod secure;
 mod serve;
 mod solve;
 mod state;
@@ -62,6 +63,8 @@ enum Command {
     Push(serve::PushArgs),
     /// Make every batch a server has acknowledged durable in its state file.
     Sync(serve::SyncArgs),
+    /// Make a private CA and a server certificate for `serve --tls-cert` (clients: --tls-ca).
+    Certs(secure::CertsArgs),
     /// Update throughput through the pipeline on seeded random batches (or, with --solve,
     /// factor + solve latency).
     Bench(bench::BenchArgs),
@@ -80,6 +83,7 @@ pub fn main() -> i32 {
         Command::Serve(args) => serve::serve(args),
         Command::Push(args) => serve::push(args),
         Command::Sync(args) => serve::sync(args),
+        Command::Certs(args) => secure::certs(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

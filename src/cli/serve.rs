@@ -12,6 +12,7 @@ use headstart::net::{Address, Client, ClientError, Server, ServerConfig};
 use headstart::snapshot;
 use headstart::stats::{Batch, BatchError, Stats};
 
+use super::secure::{ClientSecurity, ServeSecurity};
 use super::stream::{open_pair, progress_bar};
 
 #[derive(Args)]
@@ -47,6 +48,8 @@ pub struct ServeArgs {
     /// Do not log checkpoints and closed connections.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    security: ServeSecurity,
 }
 
 /// The longest duration a seconds option accepts: one year (365 days).
@@ -115,16 +118,25 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.checkpoint_every = args.checkpoint_every;
     config.max_connections = args.max_connections.max(1);
     config.verbose = !args.quiet;
+    args.security.apply(&address, &mut config)?;
     let (dim, samples) = (state.dim(), state.samples());
     // Catch SIGTERM and SIGINT before serving, so none can arrive unhandled.
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
             .context("installing signal handlers")?;
+    let server_tokens = config.tokens.as_ref().map(|t| t.counts());
+    let server_tls = config.tls.is_some();
     let server = Server::start(&address, state, config)?;
     // Scripts read this line to learn the address; a reader that went away does not stop
     // the server.
+    let guard = match (&server_tokens, server_tls) {
+        (Some((push, admin)), true) => format!(", TLS, {push} push and {admin} admin tokens"),
+        (Some((push, admin)), false) => format!(", {push} push and {admin} admin tokens"),
+        (None, true) => ", TLS, no tokens".to_string(),
+        (None, false) => String::new(),
+    };
     let _ = outln!(
-        "listening on {} (state {}: dimension {dim}, {samples} samples)",
+        "listening on {} (state {}: dimension {dim}, {samples} samples{guard})",
         server.address(),
         args.state.display()
     );
@@ -174,6 +186,8 @@ pub struct PushArgs {
     /// saying "rows 0..N were acknowledged", `--skip-rows N` sends each remaining row once.
     #[arg(long, default_value_t = 0)]
     skip_rows: u64,
+    #[command(flatten)]
+    security: ClientSecurity,
 }
 
 /// Checks rows `start..` of the pair as the server would, `batch` rows at a time, naming the
@@ -244,10 +258,11 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
             )
         })?;
     }
+    let options = args.security.options(Some(args.timeout))?;
     let started = Instant::now();
-    let mut client = Client::connect_timeout(&address, Some(args.timeout))?;
+    let mut client = Client::connect_with(&address, &options)?;
     client.set_window(args.window);
-    client.hello(x.dim(), dtype)?;
+    client.open(x.dim(), dtype)?;
     if args.begin_task {
         client.begin_task()?;
     }
@@ -329,6 +344,8 @@ pub struct SyncArgs {
     /// than 0, at most a year).
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     timeout: Duration,
+    #[command(flatten)]
+    security: ClientSecurity,
 }
 
 pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
@@ -336,7 +353,8 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
         .connect
         .parse()
         .map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
-    let samples = Client::connect_timeout(&address, Some(args.timeout))?.sync()?;
+    let options = args.security.options(Some(args.timeout))?;
+    let samples = Client::connect_with(&address, &options)?.sync()?;
     outln!(
         "synced: the state file holds {}, every acknowledged batch included",
         super::plural(samples, "sample", "samples")

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -11,6 +11,7 @@ use headstart::snapshot;
 
 use super::check_output;
 use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
+use super::secure::ClientSecurity;
 
 #[derive(Args)]
 #[group(id = "source", required = true, multiple = false, args = ["state", "connect"])]
@@ -29,6 +30,8 @@ pub struct SolveArgs {
     /// With --state and --lambda auto: held-out statistics (a state file of held-out data).
     #[arg(long, requires = "state")]
     val_state: Option<PathBuf>,
+    #[command(flatten)]
+    security: ClientSecurity,
 }
 
 pub fn run(args: SolveArgs) -> anyhow::Result<()> {
@@ -37,7 +40,8 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
         let address: Address = address.parse().map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
         let request = args.head.remote_request()?;
         check_output("--out", &args.out)?;
-        let mut client = Client::connect(&address)?;
+        let mut client =
+            Client::connect_with(&address, &args.security.options(Some(Duration::from_secs(60)))?)?;
         let bytes = client.solve(&request)?;
         headstart::export::write_atomically(&args.out, &bytes)?;
         let head = headstart::export::read_head(&args.out, &args.head.prefix)
