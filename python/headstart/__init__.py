@@ -15,10 +15,18 @@ Example::
     head.weight, head.bias, head.class_ids     # numpy arrays: (C, 512), (C,), (C,)
     head.save("head.safetensors")              # the CLI's format
 
+`headstart.Client` feeds a `headstart serve` process over the network (tokens, TLS) and solves
+heads there::
+
+    with headstart.Client("edge.example:7070", tls_ca="ca.pem") as client:  # HEADSTART_TOKEN
+        client.push(features, labels)          # windowed: returns before the server's ACK
+        print(client.sync(), "samples on disk")
+        head = client.solve(lam=0.05)          # a headstart.Head
+
 `headstart.torch` puts heads into `torch.nn.Linear` layers and all-reduces statistics across
 the processes of a torch.distributed job.
 """
 
-from ._native import Head, Stats, __version__
+from ._native import Client, Head, ServerError, Stats, __version__
 
-__all__ = ["Stats", "Head", "__version__"]
+__all__ = ["Stats", "Head", "Client", "ServerError", "__version__"]

@@ -1,7 +1,8 @@
 """Type stubs of the native module (Rust, PyO3)."""
 
 from os import PathLike
-from typing import Any, Optional, Sequence, Union
+from types import TracebackType
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -94,6 +95,107 @@ class Head:
     def samples(self) -> int: ...
     def save(self, path: _Path, prefix: str = "") -> None:
         """Writes the CLI's safetensors format."""
+
+class ServerError(Exception):
+    """The server answered with an ERROR frame."""
+
+    code: str
+    """The error code's name: "Malformed", "TooLarge", "TooManyRows", "BadBatch", "Session",
+    "Solve", "Durability", "IdleTimeout", "Unavailable", "Unauthorized", "Forbidden" or
+    "Transport"."""
+    fatal: bool
+    """Whether the server closed the connection (every later call raises ConnectionError)."""
+    message: str
+    """The server's message."""
+
+class Client:
+    """A connection to `headstart serve`: pushes batches, marks task boundaries, syncs the
+    state file, reads its summary and solves heads on the server (the Rust client, wrapped).
+
+    Safe to share between threads: calls take turns, with the GIL released. Use it as a
+    context manager: leaving the block without an exception flushes; it always closes.
+
+    Raises ServerError (an ERROR frame: "Unauthorized" for a missing or wrong token,
+    "Forbidden" for a push token asking more, "Transport" for TLS against plaintext or the
+    other way round, ...), TimeoutError, ConnectionError (I/O, an untrusted certificate, a
+    closed or failed connection) and ValueError (arguments and arrays refused before sending).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: Optional[str] = None,
+        token_file: Optional[_Path] = None,
+        tls_ca: Optional[_Path] = None,
+        timeout: Optional[float] = 60.0,
+        window: int = 8,
+    ) -> None:
+        """Connects to "HOST:PORT" or "unix:PATH" and runs the TLS and token handshakes.
+
+        The token is `token`, else the first token of `token_file` (mode 0600), else the
+        environment variable HEADSTART_TOKEN, else none; `tls_ca`: a PEM file of the CA that
+        signed the server's certificate (`headstart certs`), for TLS; `timeout`: seconds for
+        the connection and each later read or write (None: forever); `window`: batches `push`
+        may leave awaiting their acknowledgement."""
+    def push(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
+        """Sends (B, dim) float32/float64 features and (B,) integer labels; the first push opens
+        the session in the array's dtype, later ones are converted to it. Bad arrays (shape,
+        dtype, NaN/inf, magnitude) raise ValueError and send nothing. Returns once at most
+        `window - 1` batches await their acknowledgement; a refused batch raises ServerError
+        from this or a later call."""
+    def flush(self) -> None:
+        """Waits until every pushed batch is acknowledged (ServerError for a refused one)."""
+    def begin_task(self) -> None:
+        """Marks a task boundary on the server (admin)."""
+    def sync(self) -> int:
+        """Returns once every acknowledged batch is in the state file: its sample count (admin)."""
+    def stats(self) -> dict[str, Any]:
+        """The server's state summary: dim, samples, classes (id -> count), tasks_begun,
+        task_samples, ... (admin)."""
+    def solve(
+        self,
+        form: str = "nc",
+        bias: bool = True,
+        lam: Union[None, float, str] = None,
+        lambda_rel: Optional[float] = None,
+        scope: str = "all",
+        classes: Optional[Sequence[int]] = None,
+        prefix: str = "",
+    ) -> Head:
+        """Solves a head on the server (admin). `lam`: absolute number, "rel" or "rel:R";
+        `lambda_rel`: R (not both); with neither, the server's scale-free default. A refused
+        solve raises ServerError with code "Solve" and keeps the connection."""
+    def close(self) -> None:
+        """Flushes (unless the connection failed), then closes; closing twice is harmless."""
+    def __enter__(self) -> Client: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> Literal[False]: ...
+    @property
+    def acknowledged(self) -> int:
+        """Batches pushed and acknowledged; after a refusal, the index of the refused one."""
+    @property
+    def sent(self) -> int:
+        """Batches pushed (acknowledged or not)."""
+    @property
+    def role(self) -> str:
+        """"push" or "admin" (also on a server without tokens)."""
+    @property
+    def dim(self) -> int:
+        """The server's feature dimension."""
+    @property
+    def is_tls(self) -> bool: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    window: int
+    """Batches `push` may leave unacknowledged (settable, at least 1)."""
+    timeout: Optional[float]
+    """Seconds each read or write may wait (settable; None: forever)."""
 
 def fit_scale(
     fixed: npt.NDArray[np.float64],

@@ -1,5 +1,6 @@
-//! Python bindings of headstart: `headstart.Stats` and `headstart.Head` (module
-//! `headstart._native`, re-exported by `headstart/__init__.py`).
+//! Python bindings of headstart: `headstart.Stats`, `headstart.Head` and the stream-feed
+//! client `headstart.Client` with its `headstart.ServerError` (module `headstart._native`,
+//! re-exported by `headstart/__init__.py`; the client is in [`client`]).
 //!
 //! Features must be float32 or float64, as the CLI's `.npy` reader takes them; any other
 //! dtype (integers, float16, ...) is refused with a `ValueError` saying to convert first.
@@ -13,6 +14,8 @@
 //!
 //! Every error is a Python exception carrying the Rust error's message: `ValueError` for bad
 //! input (which never changes the state), `OSError` for files.
+
+mod client;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -770,6 +773,8 @@ fn fit_scale(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStats>()?;
     m.add_class::<PyHead>()?;
+    m.add_class::<client::PyClient>()?;
+    m.add("ServerError", m.py().get_type::<client::ServerError>())?;
     m.add_function(wrap_pyfunction!(fit_scale, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

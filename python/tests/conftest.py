@@ -33,3 +33,16 @@ def rel_err(actual, expected):
 @pytest.fixture
 def data():
     return make_data(3, 600, 7, [-2, 0, 5, 9])
+
+
+@pytest.fixture(scope="session")
+def headstart_bin():
+    """The `headstart` program (HEADSTART_BIN), for tests against the CLI or a live server."""
+    import os
+
+    binary = os.environ.get("HEADSTART_BIN")
+    if not binary:
+        pytest.skip("set HEADSTART_BIN to the headstart binary to run tests against the CLI or a live server")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"HEADSTART_BIN={binary!r} is not an executable")
+    return binary
