@@ -78,7 +78,9 @@ impl std::str::FromStr for Role {
         match s {
             "push" => Ok(Role::Push),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}` (expected push or admin)")),
+            // The word is not repeated: a token written without its role, or glued to it,
+            // would be printed.
+            _ => Err("the role (the line's first word) must be push or admin; is a space missing between the role and the token?".into()),
         }
     }
 }
@@ -383,7 +385,8 @@ mod tests {
     fn malformed_lines_are_named_without_the_token() {
         let secret = "cccccccccccccccc";
         for (text, line, words) in [
-            (format!("root {secret}"), 1, "unknown role"),
+            (format!("root {secret}"), 1, "must be push or admin"),
+            (format!("push{secret} {secret}"), 1, "must be push or admin"),
             (format!("push {secret} extra"), 1, "ROLE TOKEN"),
             ("# c\n\npush short".to_string(), 3, "at least 16"),
             (format!("push {secret}\nadmin {secret}"), 2, "already"),
