@@ -5,20 +5,23 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{F32_STORAGE_REL_TOL, Serve, labelled_data, rel_err};
-use headstart::export::decode_head;
-use headstart::net::protocol::{
-    Dtype, ErrorCode, Reply, Request, encode_request, kind, read_frame, write_frame,
+use common::crash::{Crash, crash_rounds};
+use common::{
+    F32_STORAGE_REL_TOL, Serve, check_remote_solve, expect_stats_ack_head, expect_window_stops_at_refused,
+    labelled_data, rel_err, within,
 };
-use headstart::net::{Address, Client, ClientError, Server, ServerConfig, SolveRequest};
+use headstart::export::decode_head;
+use headstart::net::auth::Role;
+use headstart::net::protocol::{
+    Dtype, ErrorCode, PROTOCOL_VERSION, Reply, Request, Secret, encode_request, kind, read_frame, write_frame,
+};
+use headstart::net::{Address, Client, ClientError, ClientOptions, Server, ServerConfig, SolveRequest};
 use headstart::snapshot;
 use headstart::solve::{SolveOptions, Solver};
 use headstart::stats::{Batch, Stats};
@@ -34,34 +37,25 @@ fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
 }
 
 fn batches(seed: u64, count: usize, rows: usize) -> Vec<Batch> {
-    let (x, y) = labelled_data(seed, count * rows, D, &[2, 3, 5, 8]);
-    x.chunks(rows * D)
-        .zip(y.chunks(rows))
-        .map(|(x, y)| Batch::new(x.iter().map(|&v| v as f32).collect::<Vec<f32>>(), y.to_vec()))
-        .collect()
+    common::labelled_batches(seed, count, rows, D)
 }
 
 fn reference(batches: &[Batch]) -> Stats {
-    let mut s = Stats::new(D);
-    for b in batches {
-        s.update_batch(b).unwrap();
-    }
-    s
+    common::stats_of(D, batches)
 }
 
-/// The reply to raw bytes on a fresh connection, or `None` if the server closed it first.
+/// The first reply to raw bytes on a fresh connection that is not one of the handshake's
+/// (WELCOME, READY, OPENED, which must come in that order), or `None` if the server closed
+/// the connection first.
 fn raw_exchange(address: &Address, bytes: &[u8]) -> Option<Reply> {
-    let Address::Tcp(a) = address else { unreachable!() };
-    let mut s = TcpStream::connect(a).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    let raw = read_frame(&mut s, 1 << 20).ok()?;
-    let reply = Reply::decode(raw.kind, &raw.body).unwrap();
+    let mut c = RawClient::new(address);
+    c.send(bytes);
+    c.close_write();
+    let reply = c.after_handshake()?;
     if matches!(reply, Reply::Error { fatal: true, .. }) {
         // A fatal error closes the connection: nothing follows it.
         let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
+        let _ = c.stream.read_to_end(&mut rest);
         assert!(rest.is_empty(), "bytes after a fatal error: {rest:?}");
     }
     Some(reply)
@@ -76,12 +70,33 @@ fn error_code(reply: Option<Reply>) -> ErrorCode {
     }
 }
 
-fn hello(dim: u64, dtype: Dtype) -> Vec<u8> {
-    encode_request(&Request::Hello {
-        version: 1,
-        dim,
-        dtype,
-    })
+/// A fatal error's code and message.
+fn fatal_error(reply: Option<Reply>) -> (ErrorCode, String) {
+    match reply {
+        Some(Reply::Error {
+            code,
+            fatal: true,
+            message,
+        }) => (code, message),
+        other => panic!("expected a fatal error frame, got {other:?}"),
+    }
+}
+
+/// HELLO (this build's version) and AUTH without a token: the start of every connection to a
+/// server without tokens.
+fn hello_auth() -> Vec<u8> {
+    let mut bytes = encode_request(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    });
+    bytes.extend(encode_request(&Request::Auth(Secret::default())));
+    bytes
+}
+
+/// HELLO, AUTH without a token and OPEN: what a raw client sends before its batches.
+fn session(dim: u64, dtype: Dtype) -> Vec<u8> {
+    let mut bytes = hello_auth();
+    bytes.extend(encode_request(&Request::Open { dim, dtype }));
+    bytes
 }
 
 #[test]
@@ -95,7 +110,7 @@ fn concurrent_clients_feed_one_state_and_the_remote_head_matches_the_library() {
             let address = address.clone();
             s.spawn(move || {
                 let mut c = Client::connect(&address).unwrap();
-                c.hello(D, Dtype::F32).unwrap();
+                c.open(D, Dtype::F32).unwrap();
                 for b in mine {
                     c.push(b).unwrap();
                 }
@@ -104,40 +119,8 @@ fn concurrent_clients_feed_one_state_and_the_remote_head_matches_the_library() {
     });
     let expected = reference(&all.concat());
     let mut c = Client::connect(&address).unwrap();
-    let stats = c.stats().unwrap();
-    assert_eq!(stats["samples"], 4 * 25 * 16);
-    assert_eq!(stats["classes"]["5"], expected.class_count(5));
-    let opts = SolveRequest {
-        lambda: Some(0.01),
-        classes: Some(vec![8, 2]),
-        ..SolveRequest::default()
-    };
-    let bytes = c.solve(&opts).unwrap();
-    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
-    let local = Solver::new().solve(&expected, &opts.options().unwrap()).unwrap();
-    assert_eq!(remote.class_ids, vec![8, 2]);
-    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
-    assert!(rel_err(&remote.bias, &local.bias) < F32_STORAGE_REL_TOL);
-    // A solve error is reported and the connection stays usable.
-    let err = c
-        .solve(&SolveRequest {
-            classes: Some(vec![99]),
-            ..SolveRequest::default()
-        })
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Server {
-                code: ErrorCode::Solve,
-                fatal: false,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("99"), "{err}");
-    assert_eq!(c.sync().unwrap(), 1600);
+    assert_eq!(expected.samples(), 4 * 25 * 16);
+    check_remote_solve(&mut c, &expected, "plaintext");
     let on_disk = snapshot::read(&dir.path().join("state.hs")).unwrap();
     assert_eq!(on_disk.samples(), 1600);
     let final_state = server.shutdown().unwrap();
@@ -154,14 +137,14 @@ fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
     let address = server.address();
     let good = batches(3, 10, 8);
     let mut client = Client::connect(&address).unwrap();
-    client.hello(D, Dtype::F32).unwrap();
+    client.open(D, Dtype::F32).unwrap();
     for b in &good[..5] {
         client.push(b).unwrap();
     }
 
     let batch_frame = |rows: usize, value: f32| {
         let b = Batch::new(vec![value; rows * D], vec![1; rows]);
-        let mut f = hello(D as u64, Dtype::F32);
+        let mut f = session(D as u64, Dtype::F32);
         f.extend(encode_request(&Request::Batch { seq: 1, batch: b }));
         f
     };
@@ -170,7 +153,8 @@ fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
         error_code(raw_exchange(&address, &u32::MAX.to_le_bytes())),
         ErrorCode::TooLarge
     );
-    // Zero length, unknown kind, a BATCH before HELLO, wrong dimension, bad dtype.
+    // Zero length, unknown kind, a BATCH as the first frame, a BATCH before OPEN, wrong
+    // dimension, bad dtype.
     assert_eq!(
         error_code(raw_exchange(&address, &[0, 0, 0, 0])),
         ErrorCode::Malformed
@@ -179,44 +163,42 @@ fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
         error_code(raw_exchange(&address, &[1, 0, 0, 0, 0x42])),
         ErrorCode::Malformed
     );
-    let mut before_hello = Vec::new();
-    write_frame(&mut before_hello, kind::BATCH, &[0; 12]).unwrap();
+    let mut batch_first = Vec::new();
+    write_frame(&mut batch_first, kind::BATCH, &[0; 12]).unwrap();
     assert_eq!(
-        error_code(raw_exchange(&address, &before_hello)),
+        error_code(raw_exchange(&address, &batch_first)),
         ErrorCode::Session
     );
-    assert_eq!(
-        error_code(raw_exchange(&address, &hello(D as u64 + 1, Dtype::F32))),
-        ErrorCode::Session
+    let mut before_open = hello_auth();
+    before_open.extend(&batch_first);
+    let (code, message) = fatal_error(raw_exchange(&address, &before_open));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(message.contains("before OPEN"), "{message}");
+    let (code, message) = fatal_error(raw_exchange(&address, &session(D as u64 + 1, Dtype::F32)));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(
+        message.contains(&format!("dimension {D}")) && message.contains(&(D + 1).to_string()),
+        "{message}"
     );
-    let mut bad_dtype = hello(D as u64, Dtype::F32);
+    let mut bad_dtype = session(D as u64, Dtype::F32);
     *bad_dtype.last_mut().unwrap() = 7;
     assert_eq!(
         error_code(raw_exchange(&address, &bad_dtype)),
         ErrorCode::Malformed
     );
-    // A NaN, too many rows, a body one byte short (length fixed up), a truncated frame.
-    let err = raw_exchange(&address, &batch_frame(2, f32::NAN));
-    let Some(Reply::Welcome { .. }) = err else {
-        // The WELCOME comes first; read the real reply on a dedicated connection below.
-        panic!("expected WELCOME first, got {err:?}")
-    };
-    let mut c = RawClient::new(&address);
-    c.send(&batch_frame(2, f32::NAN));
-    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
-    match c.reply() {
+    // A NaN, too many rows, a body one byte short (length fixed up), a truncated frame: each
+    // after a complete handshake.
+    match raw_exchange(&address, &batch_frame(2, f32::NAN)) {
         Some(Reply::Error {
             code: ErrorCode::BadBatch,
             fatal: true,
             message,
-        }) => {
-            assert!(message.contains("row 0, column 0"), "{message}")
-        }
+        }) => assert!(message.contains("row 0, column 0"), "{message}"),
         other => panic!("{other:?}"),
     }
     let mut c = RawClient::new(&address);
     c.send(&batch_frame(33, 1.0));
-    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    c.expect_handshake();
     assert!(matches!(
         c.reply(),
         Some(Reply::Error {
@@ -225,13 +207,13 @@ fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
         })
     ));
     let mut short = batch_frame(2, 1.0);
-    let hello_len = hello(D as u64, Dtype::F32).len();
+    let session_len = session(D as u64, Dtype::F32).len();
     short.pop();
-    let body_len = (short.len() - hello_len - 4) as u32;
-    short[hello_len..hello_len + 4].copy_from_slice(&body_len.to_le_bytes());
+    let body_len = (short.len() - session_len - 4) as u32;
+    short[session_len..session_len + 4].copy_from_slice(&body_len.to_le_bytes());
     let mut c = RawClient::new(&address);
     c.send(&short);
-    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    c.expect_handshake();
     assert!(matches!(
         c.reply(),
         Some(Reply::Error {
@@ -243,7 +225,7 @@ fn hostile_bytes_get_error_frames_and_never_disturb_the_state() {
     let mut c = RawClient::new(&address);
     c.send(&whole[..whole.len() - 3]);
     c.close_write();
-    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    c.expect_handshake();
     assert!(matches!(
         c.reply(),
         Some(Reply::Error {
@@ -293,6 +275,144 @@ impl RawClient {
         let raw = read_frame(&mut self.stream, 1 << 20).ok()?;
         Some(Reply::decode(raw.kind, &raw.body).unwrap())
     }
+    /// Reads the replies to HELLO, AUTH and OPEN (`session`) from a server without tokens;
+    /// returns the samples READY and OPENED report.
+    fn expect_handshake(&mut self) -> (u64, u64) {
+        assert_eq!(
+            self.reply(),
+            Some(Reply::Welcome {
+                version: PROTOCOL_VERSION,
+                token_required: false
+            })
+        );
+        let ready = match self.reply() {
+            Some(Reply::Ready {
+                role: Role::Admin,
+                dim,
+                samples,
+            }) if dim == D as u64 => samples,
+            other => panic!("expected READY (admin, dimension {D}), got {other:?}"),
+        };
+        let Some(Reply::Opened { samples: opened }) = self.reply() else {
+            panic!("expected OPENED")
+        };
+        assert!(opened >= ready, "{opened} < {ready}");
+        (ready, opened)
+    }
+    /// The first reply that is not the handshake's WELCOME, READY or OPENED (which must come
+    /// in that order, each at most once), or `None` at the end of the stream.
+    fn after_handshake(&mut self) -> Option<Reply> {
+        let mut step = 0;
+        loop {
+            let reply = self.reply()?;
+            match (step, &reply) {
+                (0, Reply::Welcome { version, .. }) => assert_eq!(*version, PROTOCOL_VERSION),
+                (1, Reply::Ready { role, dim, .. }) => {
+                    assert_eq!((*role, *dim), (Role::Admin, D as u64))
+                }
+                (2, Reply::Opened { .. }) => {}
+                _ => return Some(reply),
+            }
+            step += 1;
+        }
+    }
+}
+
+/// Version 2 begins every connection with HELLO and AUTH: any other first frame, and a
+/// version 1 HELLO (which carried the dimension and dtype), are refused with a reason.
+#[test]
+fn the_handshake_comes_first_and_an_older_client_is_told_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let address = server.address();
+    let mut pushed = Client::connect(&address).unwrap();
+    pushed.open(D, Dtype::F32).unwrap();
+    for b in &batches(5, 3, 4) {
+        pushed.push(b).unwrap();
+    }
+    pushed.flush().unwrap();
+
+    // A version 1 HELLO: u32 version, u64 dimension, u8 dtype (13 bytes), then a batch.
+    let mut v1 = Vec::new();
+    let mut body = 1u32.to_le_bytes().to_vec();
+    body.extend((D as u64).to_le_bytes());
+    body.push(1);
+    assert_eq!(body.len(), 13);
+    write_frame(&mut v1, kind::HELLO, &body).unwrap();
+    v1.extend(encode_request(&Request::Batch {
+        seq: 1,
+        batch: Batch::new(vec![1.0f32; D], vec![1]),
+    }));
+    let (code, message) = fatal_error(raw_exchange(&address, &v1));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(
+        message.contains("version 1") && message.contains(&format!("speaks {PROTOCOL_VERSION}")),
+        "{message}"
+    );
+    // A HELLO of a later version, with a body of any length.
+    let mut later = Vec::new();
+    write_frame(&mut later, kind::HELLO, &7u32.to_le_bytes()).unwrap();
+    let (code, message) = fatal_error(raw_exchange(&address, &later));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(
+        message.contains("version 7") && message.contains("2"),
+        "{message}"
+    );
+
+    // Any request but HELLO as the first frame, each followed by a batch that must not count.
+    for first in [
+        Request::Solve("{}".into()),
+        Request::Stats,
+        Request::Sync,
+        Request::BeginTask,
+        Request::Open {
+            dim: D as u64,
+            dtype: Dtype::F32,
+        },
+        Request::Auth(Secret::default()),
+    ] {
+        let mut bytes = encode_request(&first);
+        bytes.extend(session(D as u64, Dtype::F32));
+        let (code, message) = fatal_error(raw_exchange(&address, &bytes));
+        assert_eq!(code, ErrorCode::Session, "{first:?}: {message}");
+        assert!(
+            message.contains("first frame must be HELLO"),
+            "{first:?}: {message}"
+        );
+    }
+    // AUTH must follow HELLO; a second HELLO, AUTH or OPEN is refused.
+    let mut hello_open = encode_request(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    });
+    hello_open.extend(encode_request(&Request::Open {
+        dim: D as u64,
+        dtype: Dtype::F32,
+    }));
+    let (code, message) = fatal_error(raw_exchange(&address, &hello_open));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(message.contains("AUTH must follow HELLO"), "{message}");
+    for again in [hello_auth(), encode_request(&Request::Auth(Secret::default()))] {
+        let mut bytes = hello_auth();
+        bytes.extend(again);
+        assert_eq!(error_code(raw_exchange(&address, &bytes)), ErrorCode::Session);
+    }
+    let mut twice = session(D as u64, Dtype::F32);
+    twice.extend(encode_request(&Request::Open {
+        dim: D as u64,
+        dtype: Dtype::F32,
+    }));
+    let (code, message) = fatal_error(raw_exchange(&address, &twice));
+    assert_eq!(code, ErrorCode::Session, "{message}");
+    assert!(message.contains("second OPEN"), "{message}");
+
+    // Nothing was applied; the pushing client is still served.
+    let mut admin = Client::connect(&address).unwrap();
+    assert_eq!(admin.role(), Role::Admin, "a server without tokens grants admin");
+    assert_eq!((admin.server_dim(), admin.samples_at_connect()), (D, 12));
+    assert_eq!(admin.stats().unwrap()["samples"], 12);
+    pushed.push(&batches(6, 1, 4)[0]).unwrap();
+    pushed.flush().unwrap();
+    assert_eq!(server.shutdown().unwrap().samples(), 16);
 }
 
 #[test]
@@ -303,17 +423,27 @@ fn idle_and_surplus_connections_are_closed_with_a_reason() {
         c.max_connections = 2;
     });
     let address = idle_server.address();
-    let started = Instant::now();
-    let mut idle = RawClient::new(&address);
-    match idle.reply() {
-        Some(Reply::Error {
-            code: ErrorCode::IdleTimeout,
-            message,
-            ..
-        }) => assert!(message.contains("idle"), "{message}"),
-        other => panic!("{other:?}"),
+    // Silent after the handshake, and after OPEN (silent from the start: the test below).
+    for (sent, replies) in [(hello_auth(), 2), (session(D as u64, Dtype::F32), 3)] {
+        let started = Instant::now();
+        let mut idle = RawClient::new(&address);
+        idle.send(&sent);
+        for _ in 0..replies {
+            assert!(matches!(
+                idle.reply(),
+                Some(Reply::Welcome { .. } | Reply::Ready { .. } | Reply::Opened { .. })
+            ));
+        }
+        match idle.reply() {
+            Some(Reply::Error {
+                code: ErrorCode::IdleTimeout,
+                message,
+                ..
+            }) => assert!(message.contains("idle"), "{message}"),
+            other => panic!("after {replies} replies: {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
     }
-    assert!(started.elapsed() >= Duration::from_millis(250));
     idle_server.shutdown().unwrap();
 
     // Two connections held open; a third is refused with a reason. Each of the two has had a
@@ -325,10 +455,10 @@ fn idle_and_surplus_connections_are_closed_with_a_reason() {
     });
     let address = server.address();
     let mut first = Client::connect(&address).unwrap();
-    first.hello(D, Dtype::F64).unwrap();
+    first.open(D, Dtype::F64).unwrap();
     let mut second = RawClient::new(&address);
-    second.send(&hello(D as u64, Dtype::F32));
-    assert!(matches!(second.reply(), Some(Reply::Welcome { .. })));
+    second.send(&session(D as u64, Dtype::F32));
+    assert_eq!(second.expect_handshake(), (0, 0));
     let mut third = RawClient::new(&address);
     assert!(matches!(
         third.reply(),
@@ -338,6 +468,25 @@ fn idle_and_surplus_connections_are_closed_with_a_reason() {
         })
     ));
     server.shutdown().unwrap();
+}
+
+/// A connection that sends nothing at all is told why it is closed, like one that falls
+/// silent later (the server waits for its first byte to tell TLS from plaintext).
+#[test]
+fn a_connection_silent_from_the_start_is_told_it_was_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |c| c.idle_timeout = Duration::from_millis(300));
+    let started = Instant::now();
+    let mut idle = RawClient::new(&server.address());
+    match idle.reply() {
+        Some(Reply::Error {
+            code: ErrorCode::IdleTimeout,
+            message,
+            ..
+        }) => assert!(message.contains("idle"), "{message}"),
+        other => panic!("expected an IdleTimeout error, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
 // ---------------------------------------------------------------- the binary
@@ -409,138 +558,31 @@ fn the_command_line_clients_push_sync_and_solve_and_sigterm_checkpoints() {
     // A restart continues from the file; solving the file offline gives the same head.
     let serve = Serve::start(&state, D, &[]);
     let mut c = Client::connect(&serve.address).unwrap();
-    assert_eq!(c.hello(D, Dtype::F32).unwrap(), 1000);
+    assert_eq!(c.samples_at_connect(), 1000);
+    assert_eq!(c.open(D, Dtype::F32).unwrap(), 1000);
 }
 
 /// Streams unique-class batches from several clients, kills the server with SIGKILL at random
 /// moments, restarts it, and checks the state file: every batch acknowledged before the last
-/// completed SYNC is there, any other batch is there whole or not at all.
+/// completed SYNC is there, any other batch is there whole or not at all
+/// ([`common::crash::crash_rounds`]).
 #[test]
 fn after_sigkill_the_state_holds_every_synced_batch_and_only_whole_batches() {
-    const ROWS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s.hs");
-    let mut rng = ChaCha8Rng::seed_from_u64(2024);
-    let mut guaranteed: BTreeSet<i64> = BTreeSet::new();
-    let mut sent_max: i64 = 0;
-    let mut total_synced_rounds = 0;
-    for round in 0..5 {
-        let mut serve = Serve::start(&state, D, &["--checkpoint-every", "0.05"]);
-        let acked = Arc::new(Mutex::new(BTreeSet::<i64>::new()));
-        let synced = Arc::new(Mutex::new(BTreeSet::<i64>::new()));
-        let next_id = Arc::new(Mutex::new(sent_max + 1));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let workers: Vec<_> = (0..3)
-            .map(|k| {
-                let (address, acked, synced, next_id, stop) = (
-                    serve.address.clone(),
-                    acked.clone(),
-                    synced.clone(),
-                    next_id.clone(),
-                    stop.clone(),
-                );
-                std::thread::spawn(move || {
-                    let Ok(mut c) = Client::connect(&address) else {
-                        return;
-                    };
-                    if c.hello(D, Dtype::F32).is_err() {
-                        return;
-                    }
-                    // Pushed ids in order; the first `c.acknowledged()` of them have an ACK.
-                    let mut pending = std::collections::VecDeque::new();
-                    let mut done = 0u64;
-                    let mut note_acks = |c: &Client, pending: &mut std::collections::VecDeque<i64>| {
-                        while done < c.acknowledged() {
-                            acked.lock().unwrap().insert(pending.pop_front().unwrap());
-                            done += 1;
-                        }
-                    };
-                    let mut n = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        n += 1;
-                        if k == 0 && n % 5 == 0 {
-                            // Everything acknowledged so far, on any client, must survive this sync.
-                            let before: BTreeSet<i64> = acked.lock().unwrap().clone();
-                            match c.sync() {
-                                Ok(_) => synced.lock().unwrap().extend(before),
-                                Err(_) => return,
-                            }
-                            note_acks(&c, &mut pending);
-                            continue;
-                        }
-                        let id = {
-                            let mut next = next_id.lock().unwrap();
-                            *next += 1;
-                            *next - 1
-                        };
-                        let batch = Batch::new(vec![id as f32; ROWS * D], vec![id; ROWS]);
-                        pending.push_back(id);
-                        match c.push(&batch) {
-                            Ok(()) => note_acks(&c, &mut pending),
-                            Err(_) => return,
-                        }
-                    }
-                })
-            })
-            .collect();
-        // Kill at a random moment after this round's first completed sync (not after a fixed
-        // sleep, which a loaded machine could spend before any sync).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while synced.lock().unwrap().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no sync covered an acknowledged batch in 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
-        serve.signal("-KILL");
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        for w in workers {
-            w.join().unwrap();
-        }
-        sent_max = *next_id.lock().unwrap();
-        let synced = synced.lock().unwrap().clone();
-        if !synced.is_empty() {
-            total_synced_rounds += 1;
-        }
-        guaranteed.extend(synced);
-
-        let saved = snapshot::read(&state).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let counts: BTreeMap<i64, u64> = saved
-            .classes()
-            .into_iter()
-            .map(|id| (id, saved.class_count(id)))
-            .collect();
-        for (&id, &count) in &counts {
-            assert_eq!(
-                count, ROWS as u64,
-                "round {round}: class {id} holds part of a batch"
-            );
-            assert!(
-                id >= 1 && id < sent_max,
-                "round {round}: class {id} was never sent"
-            );
-            let sum = saved.class_sum(id, Default::default()).unwrap().1;
-            assert!(
-                sum.iter().all(|&v| v == (id * ROWS as i64) as f64),
-                "round {round}: class {id}'s sums"
-            );
-        }
-        for id in &guaranteed {
-            assert!(
-                counts.contains_key(id),
-                "round {round}: batch {id} was synced but is missing"
-            );
-        }
-        assert_eq!(saved.samples(), counts.len() as u64 * ROWS as u64);
-    }
-    assert_eq!(total_synced_rounds, 5, "every round kills after a sync");
-    assert!(
-        guaranteed.len() >= 10,
-        "too few synced batches: {}",
-        guaranteed.len()
+    let crashed = crash_rounds(
+        &Crash {
+            state: &state,
+            dim: D,
+            serve_args: &["--checkpoint-every", "0.05"],
+            rounds: 5,
+            seed: 2024,
+            kill_within_ms: 300,
+        },
+        |_| ClientOptions::default(),
     );
+    let total_synced_rounds = crashed.synced_per_round.iter().filter(|&&n| n > 0).count();
+    assert_eq!(total_synced_rounds, 5, "every round kills after a sync");
 }
 
 #[test]
@@ -557,7 +599,7 @@ fn a_window_of_batches_is_acknowledged_in_order_and_a_refusal_stops_it_exactly_t
     // Every frame goes out before any reply is read: 6 batches, a STATS, 1 batch, a SOLVE,
     // the refused batch, then 4 batches that must never be applied.
     let mut c = RawClient::new(&address);
-    let mut bytes = hello(D as u64, Dtype::F32);
+    let mut bytes = session(D as u64, Dtype::F32);
     let mut seq = 0u64;
     let mut frame = |batch: &Batch, bytes: &mut Vec<u8>| {
         seq += 1;
@@ -579,26 +621,13 @@ fn a_window_of_batches_is_acknowledged_in_order_and_a_refusal_stops_it_exactly_t
     c.send(&bytes);
     c.close_write();
 
-    assert!(matches!(c.reply(), Some(Reply::Welcome { .. })));
+    assert_eq!(c.expect_handshake(), (0, 0));
     for s in 1..=6 {
         assert_eq!(c.reply(), Some(Reply::Ack(s)));
     }
-    // STATS sent behind six unacknowledged batches counts all of them.
-    let Some(Reply::Stats(json)) = c.reply() else {
-        panic!("expected STATS")
-    };
-    let stats: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(stats["samples"], 6 * 9);
-    assert_eq!(c.reply(), Some(Reply::Ack(7)));
-    // The SOLVE's head is the library's head of exactly the seven batches.
-    let Some(Reply::Head(bytes)) = c.reply() else {
-        panic!("expected HEAD")
-    };
-    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
-    let local = Solver::new()
-        .solve(&reference(&good[..7]), &SolveOptions::default())
-        .unwrap();
-    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    // STATS sent behind six unacknowledged batches counts all of them; the SOLVE's head is
+    // the library's head of exactly the seven batches.
+    expect_stats_ack_head(|| c.reply(), 6 * 9, 7, &reference(&good[..7]));
     // The NaN batch is refused, naming the row and column, and nothing follows.
     match c.reply() {
         Some(Reply::Error {
@@ -632,7 +661,7 @@ fn the_client_window_keeps_every_batch_and_reports_a_refused_one_by_position() {
     for window in [1, 3, 8, 64] {
         let mut c = Client::connect(&address).unwrap();
         c.set_window(window);
-        c.hello(D, Dtype::F32).unwrap();
+        c.open(D, Dtype::F32).unwrap();
         for b in &good {
             c.push(b).unwrap();
         }
@@ -649,31 +678,9 @@ fn the_client_window_keeps_every_batch_and_reports_a_refused_one_by_position() {
     let limited = server_with_rows(dir.path(), 5);
     let mut c = Client::connect(&limited.address()).unwrap();
     c.set_window(8);
-    c.hello(D, Dtype::F32).unwrap();
+    c.open(D, Dtype::F32).unwrap();
     let big = batches(42, 1, 6).remove(0);
-    let mut failed = None;
-    for (i, b) in good[..4].iter().chain([&big]).chain(&good[4..8]).enumerate() {
-        if let Err(e) = c.push(b) {
-            failed = Some((i, e));
-            break;
-        }
-    }
-    let err = match failed {
-        Some((_, e)) => e,
-        None => c.flush().unwrap_err(),
-    };
-    assert!(
-        matches!(
-            &err,
-            ClientError::Server {
-                code: ErrorCode::TooManyRows,
-                fatal: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(c.acknowledged(), 4, "the refused batch is the fifth pushed");
+    expect_window_stops_at_refused(&mut c, &good, &big);
     let state = limited.shutdown().unwrap();
     assert_eq!(state.samples(), 4 * 5);
 }
@@ -698,34 +705,61 @@ fn fake_server(serve: impl FnOnce(&mut TcpStream) + Send + 'static) -> Address {
     address
 }
 
-/// Runs `f` on a thread; fails the test if it has not returned within `limit`.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("still waiting after {limit:?}: the client hangs"))
+/// Answers HELLO and AUTH as a server without tokens would.
+fn fake_handshake(s: &mut TcpStream) {
+    let reply = |s: &mut TcpStream, reply: Reply| {
+        let (kind, body) = reply.encode();
+        write_frame(s, kind, &body).unwrap();
+    };
+    assert_eq!(read_frame(s, 1 << 20).unwrap().kind, kind::HELLO);
+    reply(
+        s,
+        Reply::Welcome {
+            version: PROTOCOL_VERSION,
+            token_required: false,
+        },
+    );
+    assert_eq!(read_frame(s, 1 << 20).unwrap().kind, kind::AUTH);
+    reply(
+        s,
+        Reply::Ready {
+            role: Role::Admin,
+            dim: D as u64,
+            samples: 0,
+        },
+    );
 }
 
 #[test]
 fn the_client_times_out_on_a_silent_server_and_names_it() {
-    let address = fake_server(|_| {});
-    let client = Client::connect(&address).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), |_| {});
+    let client = Client::connect(&server.address()).unwrap();
     assert_eq!(
         client.timeout(),
         Some(Duration::from_secs(60)),
         "the default timeout"
     );
     drop(client);
+    assert!(matches!(
+        Client::connect(&server.address())
+            .unwrap()
+            .set_timeout(Some(Duration::ZERO)),
+        Err(ClientError::Usage(_))
+    ));
+    assert!(matches!(
+        Client::connect_timeout(&server.address(), Some(Duration::ZERO)),
+        Err(ClientError::Usage(_))
+    ));
+    // Silent from the start: the connection's HELLO times out.
     let address = fake_server(|_| {});
     let (result, elapsed) = within(Duration::from_secs(15), {
         let address = address.clone();
         move || {
-            let mut client = Client::connect(&address).unwrap();
-            client.set_timeout(Some(Duration::from_millis(300))).unwrap();
             let started = Instant::now();
-            let result = client.hello(D, Dtype::F32).map_err(|e| (e.to_string(), e));
+            let result = Client::connect_timeout(&address, Some(Duration::from_millis(300)))
+                .map(drop)
+                .map_err(|e| (e.to_string(), e));
             (result, started.elapsed())
         }
     });
@@ -739,12 +773,28 @@ fn the_client_times_out_on_a_silent_server_and_names_it() {
         elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
-    assert!(matches!(
-        Client::connect(&address)
-            .unwrap()
-            .set_timeout(Some(Duration::ZERO)),
-        Err(ClientError::Usage(_))
-    ));
+    // Silent after the handshake: OPEN times out, after the timeout set on the connection.
+    let address = fake_server(fake_handshake);
+    let (result, elapsed) = within(Duration::from_secs(15), {
+        let address = address.clone();
+        move || {
+            let mut client = Client::connect(&address).unwrap();
+            client.set_timeout(Some(Duration::from_millis(300))).unwrap();
+            let started = Instant::now();
+            let result = client.open(D, Dtype::F32).map_err(|e| (e.to_string(), e));
+            (result, started.elapsed())
+        }
+    });
+    let (message, error) = result.unwrap_err();
+    assert!(matches!(error, ClientError::TimedOut { .. }), "{error:?}");
+    assert!(
+        message.contains(&address.to_string()) && message.contains("timed out") && message.contains("OPEN"),
+        "{message}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
 }
 
 #[test]
@@ -756,11 +806,7 @@ fn the_client_refuses_a_reply_announcing_2_gib_without_reading_it() {
     });
     let error = within(Duration::from_secs(15), {
         let address = address.clone();
-        move || {
-            let mut client = Client::connect(&address).unwrap();
-            assert_eq!(client.max_reply_bytes(), 1 << 30);
-            client.hello(D, Dtype::F32).unwrap_err()
-        }
+        move || Client::connect(&address).map(drop).unwrap_err()
     });
     let message = error.to_string();
     assert!(
@@ -780,12 +826,14 @@ fn the_client_refuses_a_reply_announcing_2_gib_without_reading_it() {
     );
     // A lower limit applies to ordinary replies too.
     let address = fake_server(|s| {
+        fake_handshake(s);
         s.write_all(&100u32.to_le_bytes()).unwrap();
     });
     let mut client = Client::connect(&address).unwrap();
+    assert_eq!(client.max_reply_bytes(), 1 << 30);
     client.set_max_reply_bytes(64);
     assert!(matches!(
-        client.hello(D, Dtype::F32),
+        client.open(D, Dtype::F32),
         Err(ClientError::ReplyTooLarge {
             length: 100,
             limit: 64,

@@ -4,10 +4,17 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use headstart::net::Address;
+use headstart::export::decode_head;
+use headstart::net::protocol::{ErrorCode, Reply};
+use headstart::net::{Address, Client, ClientError, SolveRequest};
+use headstart::solve::{SolveOptions, Solver};
+use headstart::stats::{Batch, Stats};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+pub mod crash;
 
 /// Relative tolerance for f64 solves against the brute-force reference.
 pub const SOLVE_REL_TOL: f64 = 1e-9;
@@ -45,6 +52,34 @@ pub fn labelled_data(seed: u64, n: usize, d: usize, classes: &[i64]) -> (Vec<f64
         }
     }
     (x, y)
+}
+
+/// `count` f32 batches of `rows` rows each from [`labelled_data`] (classes 2, 3, 5 and 8).
+pub fn labelled_batches(seed: u64, count: usize, rows: usize, d: usize) -> Vec<Batch> {
+    let (x, y) = labelled_data(seed, count * rows, d, &[2, 3, 5, 8]);
+    x.chunks(rows * d)
+        .zip(y.chunks(rows))
+        .map(|(x, y)| Batch::new(x.iter().map(|&v| v as f32).collect::<Vec<f32>>(), y.to_vec()))
+        .collect()
+}
+
+/// The library's statistics of `batches` of dimension `d`.
+pub fn stats_of(d: usize, batches: &[Batch]) -> Stats {
+    let mut s = Stats::new(d);
+    for b in batches {
+        s.update_batch(b).unwrap();
+    }
+    s
+}
+
+/// Runs `f` on a thread; fails the test if it has not returned within `limit`.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("still waiting after {limit:?}: the client hangs"))
 }
 
 /// Solves `a · x = b` (a: n × n, b: n × m, both row-major `Vec<Vec<_>>`) by Gaussian
@@ -90,6 +125,100 @@ pub fn rows(x: &[f64], d: usize) -> Vec<&[f64]> {
     x.chunks_exact(d).collect()
 }
 
+/// Checks an admin client `c` on a server fed the batches of `expected`: its STATS agree, its
+/// head of classes 8 and 2 (lambda 0.01) matches the library's, a solve error (class 99) is
+/// reported and leaves the connection usable, and a SYNC then reports every sample. `what`
+/// names the case in failure messages.
+pub fn check_remote_solve(c: &mut Client, expected: &Stats, what: &str) {
+    let stats = c.stats().unwrap();
+    assert_eq!(stats["samples"], expected.samples(), "{what}");
+    assert_eq!(stats["classes"]["5"], expected.class_count(5), "{what}");
+    let opts = SolveRequest {
+        lambda: Some(0.01),
+        classes: Some(vec![8, 2]),
+        ..SolveRequest::default()
+    };
+    let bytes = c.solve(&opts).unwrap();
+    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
+    let local = Solver::new().solve(expected, &opts.options().unwrap()).unwrap();
+    assert_eq!(remote.class_ids, vec![8, 2], "{what}");
+    assert!(
+        rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL,
+        "{what}"
+    );
+    assert!(rel_err(&remote.bias, &local.bias) < F32_STORAGE_REL_TOL, "{what}");
+    // A solve error is reported and the connection stays usable.
+    let err = c
+        .solve(&SolveRequest {
+            classes: Some(vec![99]),
+            ..SolveRequest::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Server {
+                code: ErrorCode::Solve,
+                fatal: false,
+                ..
+            }
+        ),
+        "{what}: {err}"
+    );
+    assert!(err.to_string().contains("99"), "{what}: {err}");
+    assert_eq!(c.sync().unwrap(), expected.samples(), "{what}");
+}
+
+/// Reads, with `reply`, what a raw connection gets for a STATS pipelined behind batches of
+/// `before` samples, the next batch and a SOLVE `{}`: STATS counting every batch sent before
+/// it (acknowledged or not), ACK `seq`, and the library's head of `expected`.
+pub fn expect_stats_ack_head(
+    mut reply: impl FnMut() -> Option<Reply>,
+    before: u64,
+    seq: u64,
+    expected: &Stats,
+) {
+    let Some(Reply::Stats(json)) = reply() else {
+        panic!("expected STATS")
+    };
+    let stats: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(stats["samples"], before);
+    assert_eq!(reply(), Some(Reply::Ack(seq)));
+    // The SOLVE's head is the library's head of exactly the batches before it.
+    let Some(Reply::Head(head)) = reply() else {
+        panic!("expected HEAD")
+    };
+    let remote = decode_head(&head, "", Path::new("reply")).unwrap();
+    let local = Solver::new().solve(expected, &SolveOptions::default()).unwrap();
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+}
+
+/// Pushes `good[..4]`, then `big` (a batch only the server refuses: too many rows), then
+/// `good[4..8]` through `c`'s window, and checks that the push or the final flush fails with
+/// a fatal TooManyRows and that exactly the four batches before `big` were acknowledged.
+pub fn expect_window_stops_at_refused(c: &mut Client, good: &[Batch], big: &Batch) {
+    let mut failed = None;
+    for b in good[..4].iter().chain([big]).chain(&good[4..8]) {
+        if let Err(e) = c.push(b) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.unwrap_or_else(|| c.flush().unwrap_err());
+    assert!(
+        matches!(
+            &err,
+            ClientError::Server {
+                code: ErrorCode::TooManyRows,
+                fatal: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(c.acknowledged(), 4, "the refused batch is the fifth pushed");
+}
+
 /// A `headstart serve` process on a free loopback port, killed when dropped.
 pub struct Serve {
     pub child: Child,
@@ -101,19 +230,11 @@ impl Serve {
     /// Starts `serve --listen 127.0.0.1:0 --state STATE --dim DIM --quiet EXTRA…` and reads
     /// the address from its first line.
     pub fn start(state: &Path, dim: usize, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--state"])
-            .arg(state)
-            .args(["--dim", &dim.to_string(), "--quiet"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (state_arg, dim_arg) = (state.to_str().unwrap(), dim.to_string());
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--state", state_arg];
+        args.extend(["--dim", &dim_arg, "--quiet"]);
+        args.extend(extra);
+        let (child, line) = spawn_first_line(&args, Stdio::inherit());
         let address = line
             .strip_prefix("listening on ")
             .and_then(|rest| rest.split_whitespace().next())
@@ -128,11 +249,7 @@ impl Serve {
     }
     /// Sends `signal` (e.g. `-TERM`) with kill(1) and waits for the exit.
     pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.child, signal);
         self.child.wait().unwrap()
     }
 }
@@ -142,6 +259,31 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the `headstart` program with `args`, stdout piped and stderr to `stderr`, and reads
+/// the first line of its stdout (for `serve`: `listening on ADDRESS …`).
+pub fn spawn_first_line(args: &[&str], stderr: Stdio) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headstart"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
+/// Sends `signal` (e.g. `-TERM`) to `child` with kill(1); does not wait.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {}", child.id());
 }
 
 /// Runs the `headstart` program with `args`.
