@@ -15,7 +15,8 @@ own batch pool larger than the last-level cache; the tables show medians, the sp
 - fit: `headstart fit` on a 2 GiB float32 .npy file (in the page cache) against `bench` at
   the same d;
 - serve: `headstart serve` fed by four `headstart push` processes over loopback (d = 384),
-  with the default window and with stop-and-wait (`--window 1`), against `bench`.
+  with the default window and with stop-and-wait (`--window 1`), against `bench`;
+- tls: the same load (four pushes, and one), plaintext against TLS with tokens, interleaved.
 
 Usage (from the repository root, after `cargo build --release`):
 
@@ -213,7 +214,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0, help="target length of one run")
     parser.add_argument("--dims", default="384,768,2048")
     parser.add_argument("--small-batch", type=int, default=256)
-    parser.add_argument("--sections", default="update,python,busy,pipeline,solve,memory,fit,serve")
+    parser.add_argument("--sections", default="update,python,busy,pipeline,solve,memory,fit,serve,tls")
     parser.add_argument("--scratch", default=None, help="directory for the fit/serve input files (default: a temporary one)")
     parser.add_argument("--fit-gib", type=float, default=2.0, help="size of the fit section's .npy file")
     parser.add_argument("--pool-mib", type=float, default=None, help="default: 1.25 x last-level cache")
@@ -390,7 +391,7 @@ def main():
             print(f"| {d} | {c} | {n} | {r['rss_mib']:.1f} | {r['pool_mib']:.1f} | "
                   f"{r['rss_mib'] - r['pool_mib']:.1f} | {r['state_mib']:.1f} |")
 
-    if "fit" in sections or "serve" in sections:
+    if "fit" in sections or "serve" in sections or "tls" in sections:
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
@@ -398,6 +399,8 @@ def main():
                 fit_section(args, scratch, pool_bytes)
             if "serve" in sections:
                 serve_section(args, scratch, pool_bytes)
+            if "tls" in sections:
+                tls_section(args, scratch)
 
 
 def write_npy(path_x, path_y, rows, dim, seed):
@@ -447,18 +450,35 @@ def fit_section(args, scratch, pool_bytes):
     sys.stdout.flush()
 
 
-def serve_run(binary, scratch, px, py, rows, d, clients, window):
+def secure_files(binary, scratch):
+    """A private CA, a server certificate and a token file (push and admin) in `scratch`."""
+    certs = os.path.join(scratch, "certs")
+    if not os.path.exists(os.path.join(certs, "ca.pem")):
+        subprocess.run([binary, "certs", "--out", certs], check=True, stdout=subprocess.DEVNULL)
+    tokens = os.path.join(scratch, "tokens")
+    with open(os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(f"push {os.urandom(16).hex()}\nadmin {os.urandom(16).hex()}\n")
+    os.chmod(tokens, 0o600)
+    serve = ["--token-file", tokens, "--tls-cert", os.path.join(certs, "server.pem"),
+             "--tls-key", os.path.join(certs, "server.key")]
+    push = ["--token-file", tokens, "--tls-ca", os.path.join(certs, "ca.pem")]
+    return serve, push
+
+
+def serve_run(binary, scratch, px, py, rows, d, clients, window, secure=None):
     state = os.path.join(scratch, f"serve-{window}.hs")
     if os.path.exists(state):
         os.remove(state)
-    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--state", state, "--dim", str(d), "--quiet"],
-                              stdout=subprocess.PIPE, text=True)
+    serve_extra, push_extra = secure if secure else ([], [])
+    server = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--state", state, "--dim", str(d), "--quiet",
+                               *serve_extra], stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline().strip()
         address = line.removeprefix("listening on ").split()[0]
         started = time.perf_counter()
         pushes = [subprocess.Popen([binary, "push", "--connect", address, "--features", px, "--labels", py,
-                                    "--window", str(window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                    "--window", str(window), *push_extra],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                   for _ in range(clients)]
         for p in pushes:
             _, err = p.communicate()
@@ -492,6 +512,27 @@ def serve_section(args, scratch, pool_bytes):
              "one, stop-and-wait": "serve, one `push --window 1`"}
     for key, values in runs.items():
         print(f"| {names[key]} | {fmt_rate(values)} | {statistics.median(values) / base:.2f} |")
+    sys.stdout.flush()
+
+
+def tls_section(args, scratch):
+    d, rows = 384, 1 << 17
+    px, py = os.path.join(scratch, "serve_x.npy"), os.path.join(scratch, "serve_y.npy")
+    if not os.path.exists(py):
+        write_npy(px, py, rows, d, 12)
+    secure = secure_files(args.binary, scratch)
+    runs = {"4 plain": [], "4 tls": [], "1 plain": [], "1 tls": []}
+    for _ in range(args.repeats):
+        for clients in (4, 1):
+            runs[f"{clients} plain"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8))
+            runs[f"{clients} tls"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8, secure))
+    print(f"\n## tls: `headstart push` processes into `serve` over loopback, plaintext against TLS with tokens, "
+          f"{rows} rows each (d={d}, B=4096, window 8)\n")
+    print("| pushes | plaintext samples/s | TLS + tokens samples/s | TLS / plaintext |")
+    print("|---:|---:|---:|---:|")
+    for clients in (4, 1):
+        plain, tls = runs[f"{clients} plain"], runs[f"{clients} tls"]
+        print(f"| {clients} | {fmt_rate(plain)} | {fmt_rate(tls)} | {statistics.median(tls) / statistics.median(plain):.2f} |")
     sys.stdout.flush()
 
 

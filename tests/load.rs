@@ -1,8 +1,9 @@
 //! Load: one million samples (d = 384) from four clients over loopback into a `headstart
-//! serve` process; reports samples/s and the server's peak memory, and checks that the peak
-//! stays bounded while clients keep pushing (backpressure: each client keeps at most a window of
-//! batches unacknowledged, the server reads ahead at most `ACK_WINDOW`, the reducer's
-//! channel is bounded).
+//! serve` process, in plaintext and then over TLS with push tokens; reports samples/s for both
+//! (and their ratio) and the server's peak memory, and checks that the peak stays bounded while
+//! clients keep pushing (backpressure: each client keeps at most a window of batches
+//! unacknowledged, the server reads ahead at most `ACK_WINDOW`, the reducer's channel is
+//! bounded; TLS adds buffers of its own, which must not grow with the stream either).
 
 mod common;
 
@@ -10,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use common::Serve;
-use headstart::net::Client;
+use common::{Serve, ok, s};
+use headstart::net::auth::Token;
 use headstart::net::protocol::Dtype;
+use headstart::net::{Client, ClientOptions, tls};
 use headstart::stats::Batch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,9 +31,50 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn a_million_samples_from_four_clients_with_flat_server_memory() {
+fn a_million_samples_from_four_clients_with_flat_server_memory_plaintext_and_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Serve::start(&dir.path().join("load.hs"), D, &[]);
+    let plain = load(
+        &dir.path().join("plain.hs"),
+        &[],
+        &ClientOptions::default(),
+        "plaintext",
+    );
+
+    // TLS with tokens: the pushers hold a push token, the final STATS an admin one.
+    ok(&["certs", "--out", &s(&dir.path().join("certs"))]);
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "push load-push-token-0123456789\nadmin load-admin-token-0123456789\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let serve_args = [
+        "--token-file".to_string(),
+        s(&tokens),
+        "--tls-cert".into(),
+        s(&dir.path().join("certs/server.pem")),
+        "--tls-key".into(),
+        s(&dir.path().join("certs/server.key")),
+    ];
+    let options = ClientOptions {
+        token: Some(Token::new("load-push-token-0123456789").unwrap()),
+        tls: Some(tls::client_config(&dir.path().join("certs/ca.pem")).unwrap()),
+        ..ClientOptions::default()
+    };
+    let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    let secure = load(&dir.path().join("tls.hs"), &serve_args, &options, "TLS + tokens");
+    println!(
+        "load: TLS + tokens / plaintext = {:.2} (one run each, same machine, one after the other)",
+        secure / plain
+    );
+}
+
+/// Streams the million samples into a fresh server started with `serve_args`, the clients
+/// connecting with `options` (an admin token replaces a push token for the final STATS);
+/// returns samples/s.
+fn load(state: &std::path::Path, serve_args: &[&str], options: &ClientOptions, what: &str) -> f64 {
+    let server = Serve::start(state, D, serve_args);
     let address = server.address.clone();
     let pid = server.child.id();
 
@@ -57,7 +100,8 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
         for mine in &pool {
             let (address, sent) = (address.clone(), Arc::clone(&sent));
             s.spawn(move || {
-                let mut c = Client::connect(&address).unwrap();
+                let mut c = Client::connect_with(&address, options).unwrap();
+                assert_eq!(c.is_tls(), options.tls.is_some());
                 c.open(D, Dtype::F32).unwrap();
                 for i in 0..per_client as usize {
                     c.push(&mine[i % mine.len()]).unwrap();
@@ -75,10 +119,17 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
     let seconds = started.elapsed().as_secs_f64();
     let total = sent.load(Ordering::SeqCst);
     let final_peak_kib = peak_rss_kib(pid);
-    let mut c = Client::connect(&address).unwrap();
+    let admin = ClientOptions {
+        token: options
+            .token
+            .as_ref()
+            .map(|_| Token::new("load-admin-token-0123456789").unwrap()),
+        ..options.clone()
+    };
+    let mut c = Client::connect_with(&address, &admin).unwrap();
     assert_eq!(c.stats().unwrap()["samples"], total);
     println!(
-        "load: {total} samples (d = {D}, B = {ROWS}) from {CLIENTS} clients in {seconds:.2} s = {:.0} samples/s; \
+        "load ({what}): {total} samples (d = {D}, B = {ROWS}) from {CLIENTS} clients in {seconds:.2} s = {:.0} samples/s; \
          server peak RSS {:.1} MiB at 25% of the stream, {:.1} MiB at the end (idle {:.1} MiB)",
         total as f64 / seconds,
         early_peak_kib as f64 / 1024.0,
@@ -95,6 +146,7 @@ fn a_million_samples_from_four_clients_with_flat_server_memory() {
     let growth_mib = (final_peak_kib - baseline_kib) as f64 / 1024.0;
     assert!(
         growth_mib < 400.0,
-        "server peak RSS grew {growth_mib:.0} MiB above idle while taking the stream"
+        "{what}: server peak RSS grew {growth_mib:.0} MiB above idle while taking the stream"
     );
+    total as f64 / seconds
 }
