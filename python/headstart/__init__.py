@@ -23,8 +23,13 @@ heads there::
         print(client.sync(), "samples on disk")
         head = client.solve(lam=0.05)          # a headstart.Head
 
+`Stats.update` also takes pyarrow arrays (fixed-size or equal-length lists of float32/float64,
+chunked or not; read in place) and `Stats.update_table(table, feature_column, label_column)`
+a pyarrow Table; pyarrow is imported only when given one.
+
 `headstart.torch` puts heads into `torch.nn.Linear` layers and all-reduces statistics across
-the processes of a torch.distributed job.
+the processes of a torch.distributed job; `headstart.ray.accumulate` computes the statistics
+of a Ray Dataset in Ray's workers (Ray is imported only there).
 """
 
 from ._native import Client, Head, ServerError, Stats, __version__

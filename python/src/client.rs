@@ -30,10 +30,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 
-use crate::{
-    FeaturesArg, LambdaArg, OwnedRows, PyHead, RowsView, features_arg, labels_arg, lambda_arg, owned_labels,
-    value_error,
-};
+use crate::{LambdaArg, OwnedRows, PyHead, batch_arg, lambda_arg, owned_labels, value_error};
 
 create_exception!(
     headstart,
@@ -336,7 +333,8 @@ impl PyClient {
     }
 
     /// Sends a batch: `features` (B, d) float32/float64 (any layout; other dtypes raise
-    /// ValueError: convert first), `labels` (B,) integers. The first push opens the session
+    /// ValueError: convert first) or the Arrow arrays `Stats.update` takes, `labels` (B,)
+    /// integers. The first push opens the session
     /// with the array's dtype; later batches are sent in that dtype (float64 values rounded
     /// to float32 in a float32 session). A batch with the wrong shape, a NaN or infinity (also
     /// after that rounding) or a magnitude above 2^479 raises ValueError and sends nothing.
@@ -346,8 +344,7 @@ impl PyClient {
     /// `ServerError` from this or a later call (`acknowledged` then counts the batches applied
     /// before it); the server closes the connection.
     fn push(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> PyResult<()> {
-        let x = features_arg(features)?;
-        let y = labels_arg(labels)?;
+        let (x, y) = batch_arg(features, labels, self.dim)?;
         let (rows, cols) = x.shape();
         if cols != self.dim {
             return Err(value_error(format!(
@@ -362,10 +359,7 @@ impl PyClient {
                 y.len()
             )));
         }
-        let view = match &x {
-            FeaturesArg::F32(a) => RowsView::F32(a.as_array()),
-            FeaturesArg::F64(a) => RowsView::F64(a.as_array()),
-        };
+        let view = x.views();
         let labels = y.as_array();
         self.with_state(py, |state, address| {
             let (rows, labels) = (view.to_owned_rows(), owned_labels(&labels));

@@ -9,6 +9,10 @@
 //! validated and added, so a thread writing the arrays meanwhile cannot slip unvalidated
 //! values into the state. The arithmetic runs with the GIL released.
 //!
+//! Features may also be Arrow arrays (pyarrow, or the Arrow PyCapsule interface):
+//! `headstart/_arrow.py` turns each chunk into a numpy view of its buffer, checking nulls and
+//! list lengths, and the chunks are copied into one batch as above (`batch_arg`).
+//!
 //! A `Stats` keeps its state behind a mutex that is only ever waited for with the GIL
 //! released: several Python threads may call one `Stats` at once, and their calls take turns.
 //!
@@ -50,14 +54,70 @@ enum FeaturesArg<'py> {
     F64(PyReadonlyArray2<'py, f64>),
 }
 
-impl FeaturesArg<'_> {
-    fn shape(&self) -> (usize, usize) {
-        let s = match self {
-            FeaturesArg::F32(a) => a.shape(),
-            FeaturesArg::F64(a) => a.shape(),
+/// A batch's feature rows as one or more borrowed 2-D arrays of one float type, in row order:
+/// one array for numpy input, one view per chunk for Arrow input.
+enum FeatureChunks<'py> {
+    F32(Vec<PyReadonlyArray2<'py, f32>>),
+    F64(Vec<PyReadonlyArray2<'py, f64>>),
+}
+
+impl<'py> FeatureChunks<'py> {
+    /// Joins single arrays (at least one) that share their dtype and column count.
+    fn new(parts: Vec<FeaturesArg<'py>>) -> PyResult<Self> {
+        let mut out = match parts.first() {
+            Some(FeaturesArg::F32(_)) => FeatureChunks::F32(Vec::with_capacity(parts.len())),
+            Some(FeaturesArg::F64(_)) => FeatureChunks::F64(Vec::with_capacity(parts.len())),
+            None => return Err(value_error("features: no arrays")),
         };
-        (s[0], s[1])
+        for part in parts {
+            match (&mut out, part) {
+                (FeatureChunks::F32(v), FeaturesArg::F32(a)) => v.push(a),
+                (FeatureChunks::F64(v), FeaturesArg::F64(a)) => v.push(a),
+                _ => return Err(value_error("features: chunks of different dtypes")),
+            }
+        }
+        let shapes: Vec<&[usize]> = match &out {
+            FeatureChunks::F32(v) => v.iter().map(|a| a.shape()).collect(),
+            FeatureChunks::F64(v) => v.iter().map(|a| a.shape()).collect(),
+        };
+        if shapes.iter().any(|s| s[1] != shapes[0][1]) {
+            return Err(value_error("features: chunks of different widths"));
+        }
+        Ok(out)
     }
+
+    /// (rows over all chunks, columns).
+    fn shape(&self) -> (usize, usize) {
+        fn of<T: numpy::Element>(v: &[PyReadonlyArray2<'_, T>]) -> (usize, usize) {
+            (v.iter().map(|a| a.shape()[0]).sum(), v[0].shape()[1])
+        }
+        match self {
+            FeatureChunks::F32(v) => of(v),
+            FeatureChunks::F64(v) => of(v),
+        }
+    }
+
+    fn views(&self) -> RowsView<'_> {
+        match self {
+            FeatureChunks::F32(v) => RowsView::F32(v.iter().map(|a| a.as_array()).collect()),
+            FeatureChunks::F64(v) => RowsView::F64(v.iter().map(|a| a.as_array()).collect()),
+        }
+    }
+}
+
+/// Whether `obj` is an Arrow object for `headstart._arrow`: it exports the Arrow PyCapsule
+/// interface and is a pyarrow object (Array, ChunkedArray, Table, ...) or no numpy-style
+/// array (a pandas object or a `pyarrow.Tensor` still goes through numpy). Never imports
+/// pyarrow.
+fn is_arrow(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if obj.cast::<numpy::PyUntypedArray>().is_ok()
+        || !(obj.hasattr("__arrow_c_array__")? || obj.hasattr("__arrow_c_stream__")?)
+    {
+        return Ok(false);
+    }
+    let module = obj.get_type().module()?;
+    let module = module.to_cow()?;
+    Ok(module == "pyarrow" || module.starts_with("pyarrow.") || !obj.hasattr("__array__")?)
 }
 
 fn contiguous<'py>(obj: &Bound<'py, PyAny>, dtype: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -105,6 +165,29 @@ fn features_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<FeaturesArg<'py>> {
         let a = converted.cast_into::<PyArray2<f64>>().map_err(value_error)?;
         Ok(FeaturesArg::F64(a.try_readonly().map_err(value_error)?))
     }
+}
+
+/// A batch's features and labels, from numpy (or anything `numpy.asarray` takes) or Arrow.
+///
+/// Arrow input becomes numpy views of its chunks' buffers (`headstart/_arrow.py`, imported
+/// only then), with nulls and list lengths checked there against `dim`; NaN/inf are checked
+/// later, on the copy, as for numpy.
+fn batch_arg<'py>(
+    features: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    dim: usize,
+) -> PyResult<(FeatureChunks<'py>, PyReadonlyArray1<'py, i64>)> {
+    if !(is_arrow(features)? || is_arrow(labels)?) {
+        return Ok((
+            FeatureChunks::new(vec![features_arg(features)?])?,
+            labels_arg(labels)?,
+        ));
+    }
+    let helper = features.py().import("headstart._arrow")?;
+    let (chunks, labels): (Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>) =
+        helper.call_method1("batch", (features, labels, dim))?.extract()?;
+    let parts = chunks.iter().map(features_arg).collect::<PyResult<Vec<_>>>()?;
+    Ok((FeatureChunks::new(parts)?, labels_arg(&labels)?))
 }
 
 fn labels_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, i64>> {
@@ -166,10 +249,11 @@ struct PyStats {
     solver: Solver,
 }
 
-/// Feature rows of either float type, borrowed from the caller's array (any layout).
+/// Feature rows of either float type, borrowed from the caller's arrays (any layout), in
+/// row order.
 enum RowsView<'a> {
-    F32(ArrayView2<'a, f32>),
-    F64(ArrayView2<'a, f64>),
+    F32(Vec<ArrayView2<'a, f32>>),
+    F64(Vec<ArrayView2<'a, f64>>),
 }
 
 /// A batch's features copied out of the caller's array, in row order. Validation and the
@@ -181,13 +265,18 @@ enum OwnedRows {
 }
 
 impl RowsView<'_> {
-    /// Copies the rows once (a memcpy for a C-contiguous array, an ordered walk otherwise).
+    /// Copies the rows once, into one buffer (a memcpy per C-contiguous array, an ordered
+    /// walk otherwise).
     fn to_owned_rows(&self) -> OwnedRows {
-        fn copy<T: Copy>(view: &ArrayView2<'_, T>) -> Vec<T> {
-            match view.as_slice() {
-                Some(slice) => slice.to_vec(),
-                None => view.iter().copied().collect(),
+        fn copy<T: Copy>(views: &[ArrayView2<'_, T>]) -> Vec<T> {
+            let mut out = Vec::with_capacity(views.iter().map(|v| v.len()).sum());
+            for view in views {
+                match view.as_slice() {
+                    Some(slice) => out.extend_from_slice(slice),
+                    None => out.extend(view.iter().copied()),
+                }
             }
+            out
         }
         match self {
             RowsView::F32(v) => OwnedRows::F32(copy(v)),
@@ -250,9 +339,8 @@ impl PyStats {
         &self,
         features: &Bound<'py, PyAny>,
         labels: &Bound<'py, PyAny>,
-    ) -> PyResult<(FeaturesArg<'py>, PyReadonlyArray1<'py, i64>)> {
-        let x = features_arg(features)?;
-        let y = labels_arg(labels)?;
+    ) -> PyResult<(FeatureChunks<'py>, PyReadonlyArray1<'py, i64>)> {
+        let (x, y) = batch_arg(features, labels, self.dim)?;
         let (rows, cols) = x.shape();
         if cols != self.dim {
             return Err(value_error(format!(
@@ -276,10 +364,7 @@ impl PyStats {
         op: impl FnOnce(&mut CoreStats, &OwnedRows, &[i64]) -> PyResult<()> + Send,
     ) -> PyResult<()> {
         let (x, y) = self.checked(features, labels)?;
-        let rows = match &x {
-            FeaturesArg::F32(a) => RowsView::F32(a.as_array()),
-            FeaturesArg::F64(a) => RowsView::F64(a.as_array()),
-        };
+        let rows = x.views();
         let y = y.as_array();
         py.detach(|| {
             // Copied before the lock is taken: concurrent callers copy in parallel.
@@ -338,11 +423,35 @@ impl PyStats {
     /// `labels` (B,) integers. The batch is copied once, in any layout, then checked and added
     /// from that copy. A rejected batch (dtype, shape, NaN/inf, magnitude) raises ValueError
     /// and changes nothing.
+    ///
+    /// `features` may also be a pyarrow array of B rows: a `FixedSizeListArray` of d
+    /// float32/float64 values, a `ListArray`/`LargeListArray` whose every list holds d values,
+    /// or a `ChunkedArray` of them; `labels` a pyarrow integer Array/ChunkedArray (any integer
+    /// type) or numpy. Its buffers are read in place (no Python lists); a null list, a null
+    /// value, a list of another length or a NaN/inf raises ValueError naming the row (0-based)
+    /// and changes nothing, for all chunks together.
     fn update(&self, py: Python<'_>, features: &Bound<'_, PyAny>, labels: &Bound<'_, PyAny>) -> PyResult<()> {
         self.with_batch(py, features, labels, |stats, x, y| match x {
             OwnedRows::F32(x) => stats.update(x, y).map_err(value_error),
             OwnedRows::F64(x) => stats.update(x, y).map_err(value_error),
         })
+    }
+
+    /// Adds the rows of a pyarrow `Table` or `RecordBatch`: its column `feature_column` as
+    /// `update`'s Arrow features and `label_column` as its labels. A missing column raises
+    /// ValueError.
+    fn update_table(
+        &self,
+        py: Python<'_>,
+        table: &Bound<'_, PyAny>,
+        feature_column: &str,
+        label_column: &str,
+    ) -> PyResult<()> {
+        let helper = py.import("headstart._arrow")?;
+        let (features, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = helper
+            .call_method1("table_columns", (table, feature_column, label_column))?
+            .extract()?;
+        self.update(py, &features, &labels)
     }
 
     /// Removes a batch added since the last task boundary (unlearning); ValueError, with no

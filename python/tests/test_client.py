@@ -306,6 +306,24 @@ def test_window_flush_and_acknowledged(server):
         connect(address, window=0)
 
 
+def test_push_takes_the_arrow_arrays_that_stats_update_takes(server):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    _, address = server
+    batches = make_batches(21, 4)
+    with connect(address) as c:
+        for x, y in batches:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            chunks = [pa.FixedSizeListArray.from_arrays(pa.array(part.reshape(-1)), DIM) for part in (x[:1], x[1:])]
+            c.push(pa.chunked_array(chunks), pa.array(y, pa.int16()))
+        with pytest.raises(ValueError, match="features row 1 is null"):
+            c.push(pa.array([[0.0] * DIM, None], pa.list_(pa.float32(), DIM)), [0, 0])
+        assert c.sent == len(batches)
+        x = np.concatenate([held(x, np.float32) for x, _ in batches])
+        y = np.concatenate([y for _, y in batches])
+        assert c.stats()["samples"] == len(y)
+        check_head(c.solve(lam=LAMBDA), x, y, CLASSES)
+
+
 def test_solve_options_and_a_task_scope(server):
     _, address = server
     with connect(address) as c:

@@ -385,3 +385,16 @@ def test_a_state_file_from_the_cli_loads(tmp_path):
     assert (from_cli.n, from_cli.classes) == (here.n, here.classes)
     # Batches of another size add in another order: equal up to float64 rounding.
     assert rel_err(from_cli.solve().weight, here.solve().weight) < 1e-12
+
+
+def test_headstart_imports_without_pyarrow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pyarrow'] = None\n"
+        "import numpy as np, headstart, headstart.ray\n"
+        "s = headstart.Stats(2); s.update(np.ones((3, 2)), [1, 2, 3]); assert s.n == 3\n"
+        "assert 'headstart._arrow' not in sys.modules and 'ray' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
