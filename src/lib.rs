@@ -10,13 +10,15 @@
 //!   statistics.
 //! - [`export`]: safetensors heads that PyTorch loads.
 //! - [`atomic`]: atomic file replacement for heads and state files.
-//! - [`ingest`]: streaming `.npy` readers.
+//! - [`ingest`]: streaming readers of `.npy`, Parquet (feature `parquet`) and safetensors
+//!   input.
 //! - `demo` (feature `demo`, on by default): the class-incremental demonstration on bundled
 //!   real data.
 //!
 //! The default feature `cli` builds the `headstart` program and the demo; with
 //! `default-features = false` the library is the engine alone (no clap, indicatif, anyhow,
-//! signal-hook, flate2 or rand_distr).
+//! signal-hook, flate2, rand_distr, parquet or arrow; the feature `parquet` brings back
+//! `ingest::parquet` alone).
 //!
 //! ```
 //! use headstart::{stats::Stats, solve::{Solver, SolveOptions}};

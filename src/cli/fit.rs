@@ -1,4 +1,5 @@
-//! `headstart fit`: stream `.npy` features into statistics, solve a head, write it.
+//! `headstart fit`: stream features (.npy, Parquet or safetensors) into statistics, solve a
+//! head, write it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,16 +11,12 @@ use headstart::solve::Scope;
 
 use super::check_output;
 use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
-use super::stream::{Split, StreamArgs, StreamConfig, stream_files};
+use super::stream::{InputArgs, Split, StreamArgs, StreamConfig, stream_files};
 
 #[derive(Args)]
 pub struct FitArgs {
-    /// Features: a 2-D float32/float64 .npy file, C order.
-    #[arg(long)]
-    features: PathBuf,
-    /// Labels: a 1-D integer .npy file, one per feature row.
-    #[arg(long)]
-    labels: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// Where to write the head (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -27,10 +24,12 @@ pub struct FitArgs {
     head: HeadArgs,
     #[command(flatten)]
     stream: StreamArgs,
-    /// With --lambda auto: held-out features.
-    #[arg(long, requires = "val_labels")]
+    /// With --lambda auto: held-out features, in any input format (read with the same
+    /// --feature-column or --tensor as --features).
+    #[arg(long)]
     val_features: Option<PathBuf>,
-    /// With --lambda auto: held-out labels.
+    /// With --lambda auto: held-out labels (not needed when --val-features holds them, by
+    /// --label-column or --label-tensor).
     #[arg(long, requires = "val_features")]
     val_labels: Option<PathBuf>,
     /// With --lambda auto: hold out this fraction of the input (a seeded split).
@@ -59,7 +58,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     // Every option is checked (and --match-norm read) before the long work.
     if args.head.scope == Scope::Task {
         bail!(
-            "--scope task does not apply to fit: a .npy pair has no task boundary, so every \
+            "--scope task does not apply to fit: its input has no task boundary, so every \
              sample is in the task. Mark boundaries with `ingest --begin-task` and solve the state \
              with `solve --state S.hs --scope task`"
         );
@@ -85,10 +84,34 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
+    // With --val-features, a column or tensor option may name the held-out file's only.
+    let strict = args.val_features.is_none();
+    let input = &args.input;
+    let (features, labels) = input.resolve(
+        &input.features,
+        input.labels.as_deref(),
+        "--features",
+        "--labels",
+        strict,
+    )?;
+    let val_specs = match &args.val_features {
+        Some(vf) => {
+            let val = input.resolve(
+                vf,
+                args.val_labels.as_deref(),
+                "--val-features",
+                "--val-labels",
+                false,
+            )?;
+            input.check_used(&[&(features.clone(), labels.clone()), &val])?;
+            Some(val)
+        }
+        None => None,
+    };
     let config = args.stream.config(split);
-    let streamed = stream_files(&args.features, &args.labels, &config)?;
+    let streamed = stream_files(&features, &labels, &config)?;
     let mut validation = streamed.validation;
-    if let (Some(vf), Some(vl)) = (&args.val_features, &args.val_labels) {
+    if let (Some((vf, vl)), Some(vf_path)) = (&val_specs, &args.val_features) {
         let v = stream_files(
             vf,
             vl,
@@ -100,9 +123,9 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         if v.dim != streamed.dim {
             bail!(
                 "{} has {} columns but {} has {}",
-                vf.display(),
+                vf_path.display(),
                 v.dim,
-                args.features.display(),
+                args.input.features.display(),
                 streamed.dim
             );
         }
@@ -111,8 +134,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let ingest_seconds = started.elapsed().as_secs_f64();
 
     let mut extra = BTreeMap::new();
-    extra.insert("features".to_string(), args.features.display().to_string());
-    extra.insert("labels".to_string(), args.labels.display().to_string());
+    extra.extend(args.input.metadata(&labels));
     extra.insert("precision".to_string(), args.stream.precision.to_string());
     if let (LambdaArg::Auto, Some(s)) = (&prepared.lambda, split) {
         extra.insert("val_fraction".into(), s.fraction.to_string());

@@ -45,11 +45,11 @@ struct Cli {
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
-    /// Solve a head from .npy features and labels and write it as safetensors.
+    /// Solve a head from features and labels (.npy, Parquet, safetensors) and write it as safetensors.
     Fit(fit::FitArgs),
     /// Class-incremental demo on the bundled UCI digits: LS rows against random rows.
     Demo(demo::DemoArgs),
-    /// Add .npy features to a state file (created if missing).
+    /// Add features (.npy, Parquet, safetensors) to a state file (created if missing).
     Ingest(state::IngestArgs),
     /// Summarise a state file.
     Inspect(state::InspectArgs),
@@ -59,7 +59,7 @@ enum Command {
     Solve(solve::SolveArgs),
     /// Serve a state over TCP or a Unix socket (docs/protocol.md).
     Serve(serve::ServeArgs),
-    /// Send .npy features to a server; exits 0 once every batch is acknowledged.
+    /// Send features (.npy, Parquet, safetensors) to a server; exits 0 once every batch is acknowledged.
     Push(serve::PushArgs),
     /// Make every batch a server has acknowledged durable in its state file.
     Sync(serve::SyncArgs),

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use headstart::ingest::npy::{FeatureFile, LabelFile, Scalar};
+use headstart::ingest::npy::Scalar;
+use headstart::ingest::source::{FeatureSource, LabelSource};
 use headstart::net::protocol::{Dtype, Limits};
 use headstart::net::{Address, Client, ClientError, Server, ServerConfig};
 use headstart::snapshot;
 use headstart::stats::{Batch, BatchError, Stats};
 
 use super::secure::{ClientSecurity, ServeSecurity};
-use super::stream::{open_pair, progress_bar};
+use super::stream::{InputArgs, open_sources, progress_bar};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -157,12 +158,8 @@ pub struct PushArgs {
     /// The server, HOST:PORT or unix:PATH.
     #[arg(long)]
     connect: String,
-    /// Features: a 2-D float32/float64 .npy file, C order.
-    #[arg(long)]
-    features: PathBuf,
-    /// Labels: a 1-D integer .npy file, one per feature row.
-    #[arg(long)]
-    labels: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// Rows per batch.
     #[arg(long, default_value_t = 4096)]
     batch: usize,
@@ -193,8 +190,8 @@ pub struct PushArgs {
 /// Checks rows `start..` of the pair as the server would, `batch` rows at a time, naming the
 /// first bad value by its row in the file.
 fn prevalidate(
-    x: &mut FeatureFile,
-    y: &mut LabelFile,
+    x: &mut dyn FeatureSource,
+    y: &mut dyn LabelSource,
     start: u64,
     batch: usize,
     features: &std::path::Path,
@@ -237,13 +234,14 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--connect: {e}"))?;
     // Checks that there is one label per row.
-    let (mut x, mut y) = open_pair(&args.features, &args.labels)?;
+    let (features, labels) = args.input.specs()?;
+    let (mut x, mut y) = open_sources(&features, &labels)?;
     let rows = x.rows();
     if args.skip_rows > rows {
         bail!(
             "--skip-rows {} but {} has only {rows} rows",
             args.skip_rows,
-            args.features.display()
+            args.input.features.display()
         );
     }
     let dtype = match x.scalar() {
@@ -251,10 +249,10 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         _ => Dtype::F32,
     };
     if !args.no_prevalidate {
-        prevalidate(&mut x, &mut y, args.skip_rows, args.batch, &args.features).with_context(|| {
+        prevalidate(&mut *x, &mut *y, args.skip_rows, args.batch, &args.input.features).with_context(|| {
             format!(
                 "nothing was sent: checking every row of {} before sending (--no-prevalidate skips the check)",
-                args.features.display()
+                args.input.features.display()
             )
         })?;
     }
@@ -320,7 +318,7 @@ fn stopped(e: anyhow::Error, client: &mut Client, args: &PushArgs, rows: u64) ->
     let mut context = format!(
         "rows {}..{acked} of {} were acknowledged; resume with --skip-rows {acked}{}",
         args.skip_rows,
-        args.features.display(),
+        args.input.features.display(),
         if args.begin_task {
             " (without --begin-task)"
         } else {

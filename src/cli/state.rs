@@ -8,17 +8,13 @@ use clap::Args;
 use headstart::snapshot;
 use headstart::stats::Stats;
 
-use super::stream::{StreamArgs, stream_files};
+use super::stream::{InputArgs, StreamArgs, stream_files};
 use super::{check_output, plural};
 
 #[derive(Args)]
 pub struct IngestArgs {
-    /// Features: a 2-D float32/float64 .npy file, C order.
-    #[arg(long)]
-    features: PathBuf,
-    /// Labels: a 1-D integer .npy file, one per feature row.
-    #[arg(long)]
-    labels: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// The state file to create, or to extend if it exists.
     #[arg(long)]
     state: PathBuf,
@@ -32,6 +28,7 @@ pub struct IngestArgs {
 pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     check_output("--state", &args.state)?;
+    let (features, labels) = args.input.specs()?;
     // Read the existing state first: a damaged or mismatched file fails before the long work.
     let existing = if args.state.exists() {
         Some(snapshot::read(&args.state)?)
@@ -39,13 +36,15 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         None
     };
     let config = args.stream.config(None);
-    let streamed = stream_files(&args.features, &args.labels, &config)?;
+    // Every row is read and checked before the state changes: a bad row anywhere leaves the
+    // state file as it was.
+    let streamed = stream_files(&features, &labels, &config)?;
     let mut state = match existing {
         Some(s) if s.dim() != streamed.dim => bail!(
             "{} has dimension {} but {} has {} columns",
             args.state.display(),
             s.dim(),
-            args.features.display(),
+            args.input.features.display(),
             streamed.dim
         ),
         Some(s) => s,

@@ -509,6 +509,11 @@ impl FeatureFile {
         self.array.rows
     }
 
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.array.path
+    }
+
     /// Columns (the feature dimension).
     pub fn dim(&self) -> usize {
         self.array.header.shape[1] as usize
@@ -562,7 +567,7 @@ impl FeatureFile {
 /// function pointers) and the byte-order branch sits outside the loop, so the loop inlines
 /// and vectorises (with function pointers, the out-of-line per-value call took ~30% of a
 /// reading profile).
-fn decode_values<T, const N: usize>(
+pub(crate) fn decode_values<T, const N: usize>(
     raw: &[u8],
     big: bool,
     be: impl Fn([u8; N]) -> T,
@@ -577,7 +582,7 @@ fn decode_values<T, const N: usize>(
 }
 
 /// The position and text of the first NaN or infinite value.
-fn first_non_finite<T: Feature>(values: &[T]) -> Option<(usize, String)> {
+pub(crate) fn first_non_finite<T: Feature>(values: &[T]) -> Option<(usize, String)> {
     values
         .iter()
         .position(|v| !v.is_finite_value())
@@ -612,6 +617,11 @@ impl LabelFile {
     /// Rows in the file.
     pub fn rows(&self) -> u64 {
         self.array.rows
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.array.path
     }
 
     /// Reads labels `start..start + count` as i64.

@@ -1,8 +1,12 @@
-//! Streaming a `.npy` feature/label pair through the pipeline from several producer threads.
+//! Streaming a feature/label pair through the pipeline from several producer threads.
 //!
-//! Each producer reads its own contiguous range of rows in batches and sends them to the
-//! reducer; with a [`Split`], each row goes to a training or a validation pipeline by a hash
-//! of its position, so the split does not depend on batching or on the number of producers.
+//! Each producer opens its own readers ([`FeatureSpec::open`], [`LabelSpec::open`]), reads
+//! its own contiguous range of rows in batches and sends them to the reducer; ranges start at
+//! the features' [split points](super::source::FeatureSource::split_points) (Parquet row
+//! groups) when there are enough of them. With a [`Split`], each row goes to a training or a
+//! validation pipeline by a hash of its position, so the split does not depend on batching
+//! or on the number of producers. [`stream_pair`] takes any format; [`stream_npy`] is the
+//! same for a `.npy` pair.
 //!
 //! # Examples
 //! ```
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::npy::{FeatureFile, LabelFile, NpyError};
+use super::source::{FeatureSource, FeatureSpec, Format, LabelSource, LabelSpec, SourceError};
 use crate::pipeline::{self, PipelineError, Producer};
 use crate::stats::{Batch, Features, Precision, Stats};
 
@@ -98,18 +103,32 @@ pub struct Streamed {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StreamError {
-    /// A file could not be read (the message names it, and the row for bad values).
+    /// A `.npy` file could not be read (the message names it, and the row for bad values).
     #[error(transparent)]
     Npy(#[from] NpyError),
-    /// The files disagree on the number of rows.
-    #[error("{features} has {rows} rows but {labels} has {labels_rows} labels")]
+    /// A Parquet or safetensors input could not be read (the message names the file, and the
+    /// row for bad values).
+    #[error(transparent)]
+    Source(SourceError),
+    /// The files (or columns, or tensors) disagree on the number of rows.
+    #[error(
+        "{}{} has {rows} rows but {}{} has {labels_rows} labels",
+        features.display(),
+        within(features_name),
+        labels.display(),
+        within(labels_name)
+    )]
     RowMismatch {
         /// The feature file.
         features: PathBuf,
+        /// Its column or tensor, as `column 'emb'` or `tensor 'x'`.
+        features_name: Option<String>,
         /// Its rows.
         rows: u64,
         /// The label file.
         labels: PathBuf,
+        /// Its column or tensor.
+        labels_name: Option<String>,
         /// Its labels.
         labels_rows: u64,
     },
@@ -121,7 +140,32 @@ pub enum StreamError {
     Config,
 }
 
-/// Opens a feature/label pair and checks that they agree on the number of rows.
+/// ` (column 'emb')` after a path, or nothing.
+fn within(name: &Option<String>) -> String {
+    name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+}
+
+/// `column 'emb'` or `tensor 'x'` for a spec's name, by its format.
+fn described(format: Format, name: &Option<String>) -> Option<String> {
+    let kind = match format {
+        Format::Parquet => "column",
+        Format::Safetensors => "tensor",
+        Format::Npy => return None,
+    };
+    name.as_ref().map(|n| format!("{kind} '{n}'"))
+}
+
+impl From<SourceError> for StreamError {
+    /// `.npy` errors stay [`StreamError::Npy`]; the others are [`StreamError::Source`].
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Npy(e) => StreamError::Npy(e),
+            other => StreamError::Source(other),
+        }
+    }
+}
+
+/// Opens a `.npy` feature/label pair and checks that they agree on the number of rows.
 ///
 /// # Errors
 /// [`StreamError::Npy`] or [`StreamError::RowMismatch`].
@@ -131,31 +175,103 @@ pub fn open_pair(features: &Path, labels: &Path) -> Result<(FeatureFile, LabelFi
     if x.rows() != y.rows() {
         return Err(StreamError::RowMismatch {
             features: features.to_path_buf(),
+            features_name: None,
             rows: x.rows(),
             labels: labels.to_path_buf(),
+            labels_name: None,
             labels_rows: y.rows(),
         });
     }
     Ok((x, y))
 }
 
-/// Streams every row of the pair through one pipeline (two with a split) and returns the
-/// final states. `progress` is called with the number of rows of each batch sent, from the
-/// producer threads (a progress bar's `inc`).
+/// The readers of a feature/label pair, as [`open_sources`] returns them.
+pub type Sources = (Box<dyn FeatureSource>, Box<dyn LabelSource>);
+
+/// Opens the readers of a feature/label pair of any format and checks that they agree on
+/// the number of rows.
+///
+/// # Examples
+/// ```
+/// use headstart::ingest::{npy, source::{FeatureSpec, LabelSpec}, stream::open_sources};
+/// let dir = tempfile::tempdir()?;
+/// let (f, l) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+/// npy::write_f32(&f, &[1.0, 2.0, 3.0, 4.0], 2, 2)?;
+/// npy::write_i64(&l, &[4, 7, 4])?;
+/// let err = open_sources(&FeatureSpec::new(&f, None), &LabelSpec::new(&l, None)).err().unwrap();
+/// assert!(err.to_string().contains("has 2 rows but"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
-/// The first error of any producer; the other producers stop at their next batch.
+/// The format's error, or [`StreamError::RowMismatch`].
+pub fn open_sources(features: &FeatureSpec, labels: &LabelSpec) -> Result<Sources, StreamError> {
+    let x = features.open()?;
+    let y = labels.open()?;
+    if x.rows() != y.rows() {
+        return Err(StreamError::RowMismatch {
+            features: features.path.clone(),
+            features_name: described(features.format, &features.name),
+            rows: x.rows(),
+            labels: labels.path.clone(),
+            labels_name: described(labels.format, &labels.name),
+            labels_rows: y.rows(),
+        });
+    }
+    Ok((x, y))
+}
+
+/// Streams every row of a `.npy` pair through one pipeline (two with a split) and returns
+/// the final states: [`stream_pair`] with [`FeatureSpec::npy`] and [`LabelSpec::npy`].
+///
+/// # Errors
+/// As [`stream_pair`].
 pub fn stream_npy(
     features: &Path,
     labels: &Path,
     config: &StreamConfig,
     progress: impl Fn(u64) + Sync,
 ) -> Result<Streamed, StreamError> {
+    stream_pair(
+        &FeatureSpec::npy(features),
+        &LabelSpec::npy(labels),
+        config,
+        progress,
+    )
+}
+
+/// Streams every row of the pair through one pipeline (two with a split) and returns the
+/// final states. `progress` is called with the number of rows of each batch sent, from the
+/// producer threads (a progress bar's `inc`). A bad row anywhere fails the whole stream, so
+/// no state built from part of the input is ever returned.
+///
+/// # Examples
+/// ```
+/// use headstart::ingest::{npy, source::{FeatureSpec, LabelSpec}, stream::{StreamConfig, stream_pair}};
+/// let dir = tempfile::tempdir()?;
+/// let (f, l) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+/// npy::write_f32(&f, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3, 2)?;
+/// npy::write_i64(&l, &[4, 7, 4])?;
+/// let (x, y) = (FeatureSpec::new(&f, None), LabelSpec::new(&l, None));
+/// let streamed = stream_pair(&x, &y, &StreamConfig::default(), |_rows| {})?;
+/// assert_eq!(streamed.train.samples(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// The first error of any producer; the other producers stop at their next batch.
+pub fn stream_pair(
+    features: &FeatureSpec,
+    labels: &LabelSpec,
+    config: &StreamConfig,
+    progress: impl Fn(u64) + Sync,
+) -> Result<Streamed, StreamError> {
     if config.batch == 0 || config.producers == 0 {
         return Err(StreamError::Config);
     }
-    let (x, _) = open_pair(features, labels)?;
+    let (x, _) = open_sources(features, labels)?;
     let (rows, dim) = (x.rows(), x.dim());
+    let ranges = producer_ranges(rows, config.producers, &x.split_points());
     drop(x);
 
     let capacity = 2 * config.producers;
@@ -167,11 +283,9 @@ pub fn stream_npy(
         None => (None, None),
     };
     let stop = AtomicBool::new(false);
-    let per_producer = rows.div_ceil(config.producers as u64).max(1);
     let outcome: Result<(), StreamError> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..config.producers as u64)
-            .map(|k| (k * per_producer, ((k + 1) * per_producer).min(rows)))
-            .filter(|(start, end)| start < end)
+        let workers: Vec<_> = ranges
+            .into_iter()
             .map(|range| {
                 let (train_tx, val_tx, progress, stop) = (train_tx.clone(), val_tx.clone(), &progress, &stop);
                 scope.spawn(move || {
@@ -179,7 +293,9 @@ pub fn stream_npy(
                         train: &train_tx,
                         validation: val_tx.as_ref(),
                     };
-                    let result = produce(features, labels, range, config, sinks, progress, stop);
+                    let result = open_sources(features, labels).and_then(|(mut x, mut y)| {
+                        produce(&mut *x, &mut *y, range, config, sinks, progress, stop)
+                    });
                     if result.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -203,6 +319,40 @@ pub fn stream_npy(
     })
 }
 
+/// Contiguous row ranges for `producers` threads: equal shares, each cut moved to the
+/// nearest split point when there are at least as many split points as producers (so that
+/// a Parquet reader starts at a row group instead of decoding its way into one).
+///
+/// # Examples
+/// ```
+/// use headstart::ingest::stream::producer_ranges;
+/// assert_eq!(producer_ranges(10, 3, &[]), vec![(0, 4), (4, 8), (8, 10)]);
+/// assert_eq!(producer_ranges(10, 2, &[0, 3, 6, 9]), vec![(0, 6), (6, 10)]);
+/// assert_eq!(producer_ranges(0, 2, &[]), vec![]);
+/// ```
+pub fn producer_ranges(rows: u64, producers: usize, split_points: &[u64]) -> Vec<(u64, u64)> {
+    let producers = producers.max(1) as u64;
+    let per_producer = rows.div_ceil(producers).max(1);
+    let mut cuts: Vec<u64> = (0..=producers).map(|k| (k * per_producer).min(rows)).collect();
+    if split_points.len() as u64 >= producers {
+        for cut in &mut cuts[1..producers as usize] {
+            let nearest = split_points
+                .iter()
+                .copied()
+                .filter(|&p| p <= rows)
+                .min_by_key(|&p| p.abs_diff(*cut));
+            if let Some(p) = nearest {
+                *cut = p;
+            }
+        }
+        cuts.sort_unstable();
+    }
+    cuts.windows(2)
+        .map(|w| (w[0], w[1]))
+        .filter(|(start, end)| start < end)
+        .collect()
+}
+
 /// Where a producer sends its batches.
 #[derive(Clone, Copy)]
 struct Sinks<'a> {
@@ -211,15 +361,14 @@ struct Sinks<'a> {
 }
 
 fn produce(
-    features: &Path,
-    labels: &Path,
+    x: &mut dyn FeatureSource,
+    y: &mut dyn LabelSource,
     (start, end): (u64, u64),
     config: &StreamConfig,
     sinks: Sinks<'_>,
     progress: &(impl Fn(u64) + Sync),
     stop: &AtomicBool,
 ) -> Result<(), StreamError> {
-    let (mut x, mut y) = open_pair(features, labels)?;
     let mut row = start;
     while row < end && !stop.load(Ordering::Relaxed) {
         let count = (config.batch as u64).min(end - row);

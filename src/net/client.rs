@@ -623,17 +623,17 @@ fn is_timeout(e: &std::io::Error) -> bool {
 /// A failed TLS handshake as a [`ClientError`]: a plaintext server's ERROR frame becomes a
 /// [`ClientError::Server`]; otherwise the TLS error with a hint.
 fn handshake_error(address: &Address, timeout: Option<Duration>, e: tls::HandshakeError) -> ClientError {
-    if e.received.len() > 4 && e.received[4] == kind::ERROR {
-        if let Ok(raw) = read_frame(&mut &e.received[..], e.received.len()) {
-            if let Ok(Reply::Error { code, fatal, message }) = Reply::decode(raw.kind, &raw.body) {
-                return ClientError::Server {
-                    address: address.to_string(),
-                    code,
-                    fatal,
-                    message,
-                };
-            }
-        }
+    if e.received.len() > 4
+        && e.received[4] == kind::ERROR
+        && let Ok(raw) = read_frame(&mut &e.received[..], e.received.len())
+        && let Ok(Reply::Error { code, fatal, message }) = Reply::decode(raw.kind, &raw.body)
+    {
+        return ClientError::Server {
+            address: address.to_string(),
+            code,
+            fatal,
+            message,
+        };
     }
     if is_timeout(&e.error) {
         return classify(address, e.error, "in the TLS handshake", timeout);

@@ -94,7 +94,7 @@ pub fn crash_rounds(crash: &Crash, options: impl Fn(usize) -> ClientOptions) -> 
                     let mut n = 0u64;
                     while !stop.load(Ordering::SeqCst) {
                         n += 1;
-                        if k == 0 && n % 5 == 0 {
+                        if k == 0 && n.is_multiple_of(5) {
                             // Everything acknowledged so far, on any client, must survive this sync.
                             let before: BTreeSet<i64> = acked.lock().unwrap().clone();
                             match c.sync() {
