@@ -571,6 +571,24 @@ fn seeded_state(data: &Data) -> (String, Vec<u8>) {
 /// `fit`, `ingest` (onto an existing state) and `push` (prevalidation; no server needed, as
 /// nothing is sent) each fail with every needle in their one-line message, and the state file
 /// stays byte-identical.
+/// [`refused_everywhere`] for `file` in the data folder, read with `--feature-column emb
+/// --label-column label`.
+fn refused_with_columns(data: &Data, file: &str, needles: &[&str]) {
+    let f = data.s(file);
+    refused_everywhere(
+        data,
+        &[
+            "--features",
+            &f,
+            "--feature-column",
+            "emb",
+            "--label-column",
+            "label",
+        ],
+        needles,
+    );
+}
+
 fn refused_everywhere(data: &Data, input: &[&str], needles: &[&str]) {
     let out = data.s("never.safetensors");
     let (state, before) = seeded_state(data);
@@ -823,17 +841,9 @@ fn bad_columns_are_refused_listing_the_columns_and_their_types() {
         vec![("emb", fixed_f32(x, D)), ("label", nulls)],
         Compression::SNAPPY,
     );
-    let f = data.s("null_label.parquet");
-    refused_everywhere(
+    refused_with_columns(
         &data,
-        &[
-            "--features",
-            &f,
-            "--feature-column",
-            "emb",
-            "--label-column",
-            "label",
-        ],
+        "null_label.parquet",
         &["row 450", "column 'label'", "the label is null"],
     );
     let huge: ArrayRef = Arc::new(UInt64Array::from(
@@ -846,17 +856,9 @@ fn bad_columns_are_refused_listing_the_columns_and_their_types() {
         vec![("emb", fixed_f32(x, D)), ("label", huge)],
         Compression::SNAPPY,
     );
-    let f = data.s("huge.parquet");
-    refused_everywhere(
+    refused_with_columns(
         &data,
-        &[
-            "--features",
-            &f,
-            "--feature-column",
-            "emb",
-            "--label-column",
-            "label",
-        ],
+        "huge.parquet",
         &["row 77", "label 18446744073709551615 does not fit"],
     );
 

@@ -10,7 +10,7 @@ use clap::Args;
 use headstart::solve::Scope;
 
 use super::check_output;
-use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, held_out_note, print_summary, solve_and_write};
 use super::stream::{InputArgs, Split, StreamArgs, StreamConfig, stream_files};
 
 #[derive(Args)]
@@ -150,10 +150,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     )?;
 
     let total = started.elapsed().as_secs_f64();
-    let held_out = validation
-        .as_ref()
-        .map(|v| format!(", {} held out", v.samples()))
-        .unwrap_or_default();
+    let held_out = held_out_note(validation.as_ref());
     print_summary(
         &solved,
         &format!(

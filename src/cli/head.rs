@@ -178,6 +178,13 @@ pub fn solve_and_write(
 
 /// Prints what `fit` and `solve --state` report after writing a head: `samples` (its own
 /// line), the classes and dimension, the choice of λ, `time` (its own line) and the file.
+/// `", N held out"` for the summary's samples line, or nothing without held-out statistics.
+pub fn held_out_note(validation: Option<&headstart::stats::Stats>) -> String {
+    validation
+        .map(|v| format!(", {} held out", v.samples()))
+        .unwrap_or_default()
+}
+
 pub fn print_summary(
     solved: &Solved,
     samples: &str,

@@ -10,7 +10,7 @@ use headstart::net::{Address, Client};
 use headstart::snapshot;
 
 use super::check_output;
-use super::head::{HeadArgs, LambdaArg, print_summary, solve_and_write};
+use super::head::{HeadArgs, LambdaArg, held_out_note, print_summary, solve_and_write};
 use super::secure::ClientSecurity;
 
 #[derive(Args)]
@@ -83,10 +83,7 @@ pub fn run(args: SolveArgs) -> anyhow::Result<()> {
         &args.out,
         extra,
     )?;
-    let held_out = validation
-        .as_ref()
-        .map(|v| format!(", {} held out", v.samples()))
-        .unwrap_or_default();
+    let held_out = held_out_note(validation.as_ref());
     print_summary(
         &solved,
         &format!(
