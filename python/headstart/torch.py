@@ -274,29 +274,23 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
     dim = int(parts["dim"])
     if dim != linear.in_features:
         raise ValueError(f"calibrate: the statistics have {dim} features but the layer takes {linear.in_features}")
-    gram = np.zeros((dim, dim))
-    cols, rows = np.triu_indices(dim)  # gram_lower: the lower triangle column by column
+    packed = 0.0
     counts, sums, recent = {}, {}, {}
     total = 0
     for segment in _SEGMENTS:
         seg = parts[segment]
-        gram[rows, cols] += seg["gram_lower"]
+        packed = packed + seg["gram_lower"]
         total += int(seg["n"])
         for cid, count, s in zip(seg["class_ids"], seg["class_counts"], seg["class_sums"]):
             counts[int(cid)] = counts.get(int(cid), 0) + int(count)
             sums[int(cid)] = sums.get(int(cid), 0) + s
             if segment == "task":
                 recent[int(cid)] = int(count)
-    gram = gram + np.tril(gram, -1).T
     weights = recent if scope == "task" else counts
     classes = [c for c in active_rows.tolist() if weights.get(c, 0) > 0]
     if not classes:
         where = "the current task of the statistics" if scope == "task" else "the statistics"
         raise ValueError(f"calibrate: {where} hold none of the active classes")
-    all_ids = list(counts)
-    all_means = np.stack([sums[c] / counts[c] for c in all_ids])
-    all_counts = np.array([counts[c] for c in all_ids], dtype=np.float64)
-    within = gram / total - (all_means.T * (all_counts / total)) @ all_means
 
     old_rows, column = _columns(active_rows, ids)
     with torch.no_grad():
@@ -309,7 +303,14 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
     w = np.concatenate([w_old, weight.cpu().numpy()])
     b = np.concatenate([b_old, bias.cpu().numpy()])
     means = np.stack([sums[c] / counts[c] for c in classes]) @ w.T + b
-    cov = w @ within @ w.T
+    # W S Wᵀ with S = G/N − Σ_c (n_c/N) μ_c μ_cᵀ, without forming S (d × d): G = T + Tᵀ − diag(T)
+    # for T, the lower triangle held packed, so W G Wᵀ = A + Aᵀ − W diag(T) Wᵀ with A = W T Wᵀ.
+    lower = _unpack_lower(packed, dim)
+    half = (w @ lower) @ w.T
+    gram_w = half + half.T - (w * np.diagonal(lower)) @ w.T
+    projected = np.stack([sums[c] / counts[c] for c in counts]) @ w.T
+    held_all = np.array([counts[c] for c in counts], dtype=np.float64) / total
+    cov = gram_w / total - (projected.T * held_all) @ projected
     cov = 0.5 * (cov + cov.T)
     # A Cholesky factor (unique, so the draws do not depend on how eigenvectors were signed),
     # with a jitter relative to the mean variance for rank-deficient covariances.
@@ -327,6 +328,14 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
     targets = np.array([column[classes[k]] for k in which], dtype=np.int64)
     split = len(old_rows)
     return np.ascontiguousarray(logits[:, :split]), np.ascontiguousarray(logits[:, split:]), targets
+
+
+def _unpack_lower(packed: np.ndarray, dim: int) -> np.ndarray:
+    """The dense lower triangle (upper part zero) of a Gram held as `gram_lower`: the lower
+    triangle column by column, i.e. the upper triangle row by row."""
+    upper = np.zeros((dim, dim))
+    upper[np.triu(np.ones((dim, dim), dtype=bool))] = packed
+    return upper.T
 
 
 def grow(linear: torch.nn.Linear, num_classes: int) -> torch.nn.Linear:
