@@ -118,7 +118,7 @@ def run(strategy_name, with_plugin, seed, x, y, args):
     plugins = [recorder.plugin]
     plugin = None
     if with_plugin:
-        plugin = HeadstartPlugin(backbone, classifier, seed=seed)
+        plugin = HeadstartPlugin(backbone, classifier, seed=seed, **args.plugin_options)
         plugins.append(plugin)
     common = dict(
         model=model,
@@ -163,6 +163,8 @@ def run(strategy_name, with_plugin, seed, x, y, args):
     if plugin is not None:
         result["plugin_seconds"] = plugin.seconds
         result["scales"] = [h.init.scale if h.init else None for h in plugin.history]
+        result["calibration_loss"] = [h.init.loss_after if h.init else None for h in plugin.history]
+        result["at_bound"] = [h.init.at_bound if h.init else None for h in plugin.history]
         result["lam"] = [h.lam for h in plugin.history]
     return result
 
@@ -178,7 +180,7 @@ def summarise(name, results, args, wall):
         "",
         f"{len(results[0]['order'])} classes; backbone: {args.head}; AdamW lr {args.lr}, batch {args.batch}, "
         f"{f'{args.iters} iterations (whole epochs)' if args.iters else f'{args.epochs} epochs'} per experience; Replay: {args.replay_per_class} samples per class in memory. "
-        f"Plugin: HeadstartPlugin defaults. Wall time {wall:.0f} s.",
+        f"Plugin: HeadstartPlugin({', '.join(f'{k}={v!r}' for k, v in args.plugin_options.items()) or 'defaults'}). Wall time {wall:.0f} s.",
         "",
         "| strategy | plugin | first-batch loss, exp. 2–E | ÷ without | final acc. | Δ acc. vs without (paired) | plugin share of training time |",
         "|---|---|---|---|---|---|---|",
@@ -224,6 +226,21 @@ def summarise(name, results, args, wall):
     return "\n".join(lines) + "\n", figures
 
 
+def plugin_options(parser, items):
+    import ast
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            parser.error(f"--plugin {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--features", help="(N, d) features, .npy")
@@ -247,6 +264,14 @@ def main(argv=None):
     p.add_argument("--head", choices=("linear", "mlp"), default="linear")
     p.add_argument("--hidden", type=int, default=256, help="hidden width with --head mlp")
     p.add_argument("--strategies", default="naive,replay")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a HeadstartPlugin option other than its default, e.g. --plugin persist=False --plugin "
+        "calibrate=sample (values are Python literals, or strings)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", help="output folder (default experiments/out/avalanche-<name>)")
@@ -255,6 +280,7 @@ def main(argv=None):
         p.error("--features and --labels go together")
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.plugin_options = plugin_options(p, args.plugin)
     name, x, y = load(args)
     out = args.out or os.path.join(HERE, "out", f"avalanche-{name}")
     os.makedirs(out, exist_ok=True)

@@ -43,9 +43,10 @@ class ExperienceInit:
     `experience`: the experience's index in its stream. `new_classes`: the classes whose rows
     were written (ascending; empty when the experience brought none). `samples`: the
     experience's samples streamed into the statistics. `init`: what `init_rows` wrote and
-    fitted (None when nothing was written). `lam`: the λ the solve used. `seconds`: the
-    plugin's wall time for this experience; `feature_seconds` of it went to the backbone and
-    the statistics.
+    fitted (None when nothing was written). `lam`: the λ the solve used. `persisted`: whether
+    the statistics of earlier experiences were kept (see `persist`); `replayed`: the
+    replay-buffer samples streamed when they were not. `seconds`: the plugin's wall time for
+    this experience; `feature_seconds` of it went to the backbone and the statistics.
     """
 
     experience: int
@@ -53,6 +54,8 @@ class ExperienceInit:
     samples: int = 0
     init: Optional[RowInit] = None
     lam: Optional[float] = None
+    persisted: bool = True
+    replayed: int = 0
     seconds: float = 0.0
     feature_seconds: float = 0.0
 
@@ -79,15 +82,27 @@ class HeadstartPlugin(SupervisedPlugin):
             number (see `Stats.solve`).
         scope: "all" (G/N and the global mean over every experience the statistics hold) or
             "task" (the current experience only).
-        calibrate: "stats" (the default: one scale for the new rows fitted on draws from the
-            class-conditional Gaussian of the experience's classes, from the statistics alone),
-            "sample" (fitted on a uniform sample of the experience's own features, drawn while
-            streaming and dropped afterwards), or False (the uncalibrated LS rows, logits of
-            order 1/C).
+        calibrate: "stats" (one scale for the new rows fitted on draws from the
+            class-conditional Gaussian of the classes the first batches hold, from the
+            statistics alone), "sample" (fitted on a uniform sample of the streamed features,
+            dropped afterwards), False (the uncalibrated LS rows, logits of order 1/C), or
+            "auto" (the default): "stats" for a backbone the strategy does not train, False
+            for one it trains. With a training backbone the fitted scales were measured to
+            escalate from one experience to the next (the cap follows the old rows' logits,
+            which training on scaled rows raises) until a switch's loss far exceeds random
+            rows'; uncalibrated rows stayed near random rows' loss (docs/results.md, "With
+            Avalanche"). With a replay buffer, the fit weighs the experience's and the
+            buffer's classes in the shares of a replay batch.
         calibrate_samples: draws ("stats") or sample rows ("sample") for the calibration.
-        persist: keep the statistics across experiences (the default; the state stays
-            O(d² + C·d), no samples are kept). False starts from empty statistics at every
-            experience, so only the experience's own data shapes its rows.
+        persist: keep the statistics across experiences (True; the state stays O(d² + C·d),
+            no samples are kept), or rebuild them at every experience from the data the
+            strategy trains on in it (False): the experience's data plus, when the strategy
+            keeps a replay buffer (a plugin with `storage_policy.buffer`, as Replay has), the
+            buffer's samples, all through the current backbone. "auto" (the default) persists
+            unless the backbone has parameters the strategy's optimiser trains: the features of
+            a training backbone drift, so statistics taken under its earlier weights describe
+            features it no longer produces (docs/results.md, "With Avalanche", measures how
+            much that costs).
         batch_size: mini-batch size for streaming (default: the larger of the strategy's
             `train_mb_size` and `eval_mb_size`, at least 64).
         max_logit: the calibration's bound, see `init_rows`.
@@ -123,9 +138,9 @@ class HeadstartPlugin(SupervisedPlugin):
         *,
         lam: Union[None, float, str] = None,
         scope: str = "all",
-        calibrate: Union[str, bool] = "stats",
+        calibrate: Union[str, bool] = "auto",
         calibrate_samples: int = 4096,
-        persist: bool = True,
+        persist: Union[bool, str] = "auto",
         batch_size: Optional[int] = None,
         max_logit: float = 30.0,
         progress: Optional[bool] = None,
@@ -141,10 +156,12 @@ class HeadstartPlugin(SupervisedPlugin):
             raise ValueError(f"scope must be 'all' or 'task', got {scope!r}")
         if calibrate is True:
             calibrate = "stats"
-        if calibrate not in ("stats", "sample", False, None):
-            raise ValueError(f"calibrate must be 'stats', 'sample' or False, got {calibrate!r}")
+        if calibrate not in ("auto", "stats", "sample", False, None):
+            raise ValueError(f"calibrate must be 'auto', 'stats', 'sample' or False, got {calibrate!r}")
         if int(calibrate_samples) < 1:
             raise ValueError(f"calibrate_samples must be at least 1, got {calibrate_samples}")
+        if persist not in (True, False, "auto"):
+            raise ValueError(f"persist must be True, False or 'auto', got {persist!r}")
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backbone = backbone
@@ -227,18 +244,30 @@ class HeadstartPlugin(SupervisedPlugin):
             record.seconds = time.perf_counter() - start
             self.history.append(record)
             return
-        if self.stats is None or not self.persist:
+        trains = self._backbone_trains(strategy)
+        persist = self.persist if self.persist != "auto" else not trains
+        record.persisted = persist
+        calibrate = self.calibrate if self.calibrate != "auto" else (False if trains else "stats")
+        before = self.stats
+        if self.stats is None or not persist:
             self.stats = Stats(layer.in_features, threads=self.threads)
-        before = self.stats.copy()  # a failure part-way must leave the statistics as they were
+        else:
+            self.stats = self.stats.copy()  # a failure part-way must leave the statistics as they were
         self.stats.begin_task()
         streamed = time.perf_counter()
         try:
-            sample = self._stream(strategy, experience.dataset, layer.in_features, index)
+            keep = self.calibrate_samples if calibrate == "sample" else 0
+            mix = _Mix(*self._stream(strategy, experience.dataset, layer.in_features, index, keep))
+            if not persist:
+                for buffer, share in _replay_buffers(strategy):
+                    streamed_buffer = self._stream(strategy, buffer, layer.in_features, index, keep, "the replay buffer")
+                    mix.add_replay(*streamed_buffer, share)
+                    record.replayed += len(buffer)
             record.feature_seconds = time.perf_counter() - streamed
-            record.samples = self.stats.task_n
+            record.samples = self.stats.task_n - record.replayed
             new = sorted(set(self.stats.task_classes) - self.initialised)
             if new:
-                self._write(layer, new, sample, index, record)
+                self._write(layer, new, mix, calibrate, index, record)
         except BaseException:
             self.stats = before
             raise
@@ -248,9 +277,18 @@ class HeadstartPlugin(SupervisedPlugin):
 
     # ------------------------------------------------------------------ the steps
 
-    def _stream(self, strategy, dataset, dim: int, index: int):
-        """Streams the experience's data through the backbone into the statistics; returns a
-        uniform sample of (features, labels) for calibrate="sample", else None."""
+    def _backbone_trains(self, strategy) -> bool:
+        """Whether the strategy's optimiser trains a parameter of the backbone."""
+        backbone = self._resolve(self.backbone, "backbone")
+        if not isinstance(backbone, torch.nn.Module):
+            return False
+        optimizer = getattr(strategy, "optimizer", None)
+        trained = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+        return any(p.requires_grad and id(p) in trained for p in backbone.parameters())
+
+    def _stream(self, strategy, dataset, dim: int, index: int, keep: int, what: str = "the experience"):
+        """Streams `dataset` through the backbone into the statistics; returns its class counts
+        and, for calibrate="sample", a uniform sample of its (features, labels), else None."""
         batch_size = self.batch_size or max(
             64, int(getattr(strategy, "train_mb_size", None) or 1), int(getattr(strategy, "eval_mb_size", None) or 1)
         )
@@ -266,8 +304,8 @@ class HeadstartPlugin(SupervisedPlugin):
         backbone = self._resolve(self.backbone, "backbone")
         module = backbone if isinstance(backbone, torch.nn.Module) else None
         was_training = module.training if module is not None else False
-        keep = self.calibrate_samples if self.calibrate == "sample" else 0
-        reservoir = _Reservoir(keep, np.random.default_rng([self.seed, index]))
+        reservoir = _Reservoir(keep, np.random.default_rng([self.seed, index, len(what)]))
+        counts: dict = {}
         bar = self._bar(len(loader), index)
         try:
             if module is not None:
@@ -276,7 +314,7 @@ class HeadstartPlugin(SupervisedPlugin):
                 for batch_index, batch in enumerate(loader):
                     x, y = _unpack(batch, index, batch_index)
                     features = backbone(_to(x, device))
-                    where = f"experience {index}, batch {batch_index}"
+                    where = f"experience {index}, {what}, batch {batch_index}"
                     features = _check_features(features, dim, where)
                     labels = y.detach().cpu().numpy().astype(np.int64, copy=False)
                     if labels.shape != (features.shape[0],):
@@ -289,6 +327,8 @@ class HeadstartPlugin(SupervisedPlugin):
                     except ValueError as e:
                         raise ValueError(f"HeadstartPlugin ({where}): {e}") from None
                     reservoir.add(features, labels)
+                    for c, n in zip(*np.unique(labels, return_counts=True)):
+                        counts[int(c)] = counts.get(int(c), 0) + int(n)
                     if bar is not None:
                         bar.update(1)
         finally:
@@ -296,9 +336,9 @@ class HeadstartPlugin(SupervisedPlugin):
                 bar.close()
             if module is not None:
                 module.train(was_training)
-        return reservoir.sample() if keep else None
+        return counts, (reservoir.sample() if keep else None)
 
-    def _write(self, layer, new, sample, index: int, record: ExperienceInit):
+    def _write(self, layer, new, mix: "_Mix", calibrate, index: int, record: ExperienceInit):
         if max(new) >= layer.out_features or min(new) < 0:
             raise ValueError(
                 f"HeadstartPlugin (experience {index}): class {max(new)} has no row in the "
@@ -310,10 +350,12 @@ class HeadstartPlugin(SupervisedPlugin):
         if missing:
             raise ValueError(f"HeadstartPlugin (experience {index}): classes {missing} are masked out by the classifier")
         head = self.stats.solve(classes=new, lam=self.lam, scope=self.scope)
-        if self.calibrate == "stats":
+        # The calibration fits the data of the first training batches: the experience's classes,
+        # plus the replayed ones in the share the replay loader gives them when a buffer was read.
+        if calibrate == "stats":
             calibrate = self.stats
-        elif self.calibrate == "sample":
-            calibrate = sample
+        elif calibrate == "sample":
+            calibrate = mix.sample(self.calibrate_samples, np.random.default_rng([self.seed, index, 1]))
         else:
             calibrate = None
         record.init = init_rows(
@@ -323,7 +365,7 @@ class HeadstartPlugin(SupervisedPlugin):
             active=active,
             max_logit=self.max_logit,
             stats_samples=self.calibrate_samples,
-            stats_scope="task",
+            stats_scope=mix.weights(),
             seed=self.seed + index,
         )
         record.new_classes = list(new)
@@ -341,6 +383,58 @@ class HeadstartPlugin(SupervisedPlugin):
         except ImportError:  # avalanche-lib depends on tqdm; keep working without it
             return None
         return tqdm(total=total, desc=f"headstart: experience {index}", unit="batch", leave=False)
+
+
+def _replay_buffers(strategy):
+    """The non-empty replay buffers of the strategy's plugins (Avalanche's ReplayPlugin and
+    other plugins with a `storage_policy` holding a `buffer` dataset), each with the share of a
+    training batch it fills: batch_size_mem / (batch_size + batch_size_mem), both defaulting
+    to the strategy's train_mb_size as ReplayPlugin does (so one half)."""
+    buffers = []
+    for plugin in getattr(strategy, "plugins", []):
+        buffer = getattr(getattr(plugin, "storage_policy", None), "buffer", None)
+        if buffer is not None and len(buffer) > 0:
+            size = getattr(plugin, "batch_size", None) or strategy.train_mb_size
+            size_mem = getattr(plugin, "batch_size_mem", None) or strategy.train_mb_size
+            buffers.append((buffer, size_mem / (size + size_mem)))
+    return buffers
+
+
+class _Mix:
+    """What the first training batches hold: the experience's classes and, per replay buffer,
+    its classes in the share of the batch it fills. Gives the calibration's class weights
+    (for draws from the statistics) and its sample (for calibrate="sample")."""
+
+    def __init__(self, counts: dict, sample):
+        self.parts = [(counts, sample, 1.0)]
+
+    def add_replay(self, counts: dict, sample, share: float):
+        self.parts = [(c, s, w * (1.0 - share)) for c, s, w in self.parts] + [(counts, sample, share)]
+
+    def weights(self):
+        """"task" (the experience alone), or {class: weight}: each part's share of the batch,
+        split among its classes in proportion to their counts."""
+        if len(self.parts) == 1:
+            return "task"
+        weights: dict = {}
+        for counts, _, share in self.parts:
+            total = sum(counts.values())
+            for c, n in counts.items():
+                weights[c] = weights.get(c, 0.0) + share * n / total
+        return weights
+
+    def sample(self, size: int, rng: np.random.Generator):
+        """At most `size` rows, each part contributing its share (as far as its sample goes)."""
+        xs, ys = [], []
+        for _, sample, share in self.parts:
+            if sample is None:
+                continue
+            x, y = sample
+            take = min(len(y), max(1, int(round(size * share))))
+            rows = rng.choice(len(y), size=take, replace=False)
+            xs.append(x[rows])
+            ys.append(y[rows])
+        return np.concatenate(xs), np.concatenate(ys)
 
 
 def _unpack(batch, index: int, batch_index: int):

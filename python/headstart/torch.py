@@ -103,7 +103,7 @@ def init_rows(
     active=None,
     max_logit: float = 30.0,
     stats_samples: int = 4096,
-    stats_scope: str = "task",
+    stats_scope: Union[str, dict] = "task",
     seed: int = 0,
 ) -> RowInit:
     """Writes the head's rows into `linear` at the rows given by its class ids, in place, and
@@ -129,7 +129,9 @@ def init_rows(
       feature dimension. `stats_scope="task"` (the default) draws the classes of the current
       task (since `begin_task`; every class if it was never called) in proportion to their
       counts there: the data the layer trains on next. `"all"` draws every `active` class
-      the statistics hold in proportion to its count, old classes included.
+      the statistics hold in proportion to its count, old classes included. A dict
+      {class id: weight} draws those classes in proportion to the weights (e.g. the shares
+      of a batch that mixes replayed old classes with new ones).
     - `active`: the layer rows in the softmax (default: every row).
     - `max_logit`: the fitted scale keeps every new-row logit on the sample within max_logit of
       the largest old-row logit magnitude there (a sample the new rows separate perfectly would
@@ -144,8 +146,12 @@ def init_rows(
     """
     if norm not in ("none", "match"):
         raise ValueError(f"norm must be 'none' or 'match', got {norm!r}")
-    if stats_scope not in ("all", "task"):
-        raise ValueError(f"stats_scope must be 'all' or 'task', got {stats_scope!r}")
+    if isinstance(stats_scope, dict):
+        bad = [(c, v) for c, v in stats_scope.items() if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0)]
+        if bad or not any(v > 0 for v in stats_scope.values()):
+            raise ValueError(f"stats_scope: class weights must be finite, non-negative and not all zero, got {bad[:4] or stats_scope}")
+    elif stats_scope not in ("all", "task"):
+        raise ValueError(f"stats_scope must be 'all', 'task' or a dict of class weights, got {stats_scope!r}")
     if norm == "match" and calibrate is not None:
         raise ValueError("norm='match' and calibrate set the scale two ways; choose one")
     weight, bias, ids = _as_tensors(head)
@@ -286,10 +292,13 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
             sums[int(cid)] = sums.get(int(cid), 0) + s
             if segment == "task":
                 recent[int(cid)] = int(count)
-    weights = recent if scope == "task" else counts
+    if isinstance(scope, dict):
+        weights = {int(c): float(v) for c, v in scope.items() if int(c) in counts}
+    else:
+        weights = recent if scope == "task" else counts
     classes = [c for c in active_rows.tolist() if weights.get(c, 0) > 0]
     if not classes:
-        where = "the current task of the statistics" if scope == "task" else "the statistics"
+        where = "the current task of the statistics" if scope == "task" else "the statistics (with a positive weight)"
         raise ValueError(f"calibrate: {where} hold none of the active classes")
 
     old_rows, column = _columns(active_rows, ids)

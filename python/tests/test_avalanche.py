@@ -71,15 +71,16 @@ class Spy(SupervisedPlugin):
         self.iterations += 1
 
 
-def run(split, make_strategy=Naive, plugin_options=None, backbone=None, experiences=5, seed=0, **strategy_options):
-    """Trains a fresh model over the benchmark; returns (model, spies before and after, plugin)."""
+def run(split, make_strategy=Naive, plugin_options=None, backbone=None, experiences=5, seed=0, first=(), **strategy_options):
+    """Trains a fresh model over the benchmark; returns (model, spies before and after, plugin).
+    `first`: plugins placed before all others."""
     torch.manual_seed(seed)
     backbone = backbone if backbone is not None else torch.nn.Identity()
     classifier = IncrementalClassifier(D, initial_out_features=2)
     model = torch.nn.Sequential(backbone, classifier)
     before, after = Spy(classifier), Spy(classifier)
     plugin = None
-    plugins = [before]
+    plugins = [*first, before]
     if plugin_options is not None:
         plugin = HeadstartPlugin(backbone, classifier, **plugin_options)
         plugins.append(plugin)
@@ -202,7 +203,7 @@ def test_features_from_a_hidden_layer_and_the_backbone_mode_is_restored(split):
     hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU(), torch.nn.Dropout(0.5))
     seen_modes = []
     hidden.register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
-    _, before, after, plugin = run(split, plugin_options={}, backbone=hidden, experiences=2)
+    _, _, _, plugin = run(split, plugin_options={}, backbone=hidden, experiences=2)
     assert hidden.training  # the strategy trains it; the plugin streamed in eval mode only
     assert False in seen_modes and True in seen_modes
     assert [h.new_classes for h in plugin.history] == [new_rows(0), new_rows(1)]
@@ -269,7 +270,7 @@ def test_regularisation_strategies(split, name):
     options = {"EWC": {"ewc_lambda": 1.0}, "LwF": {"alpha": 1.0, "temperature": 2.0}, "SynapticIntelligence": {"si_lambda": 1.0}}
     make = getattr(supervised, name)
     _, base, _, _ = run(split, make, experiences=3, **options[name])
-    _, ours, after, plugin = run(split, make, plugin_options={}, experiences=3, **options[name])
+    _, ours, _, plugin = run(split, make, plugin_options={}, experiences=3, **options[name])
     assert [h.new_classes for h in plugin.history] == [new_rows(k) for k in range(3)]
     assert np.mean(ours.first_losses[1:]) < 0.6 * np.mean(base.first_losses[1:]), (ours.first_losses, base.first_losses)
 
@@ -300,3 +301,79 @@ def test_a_classifier_outside_the_model_is_refused(split):
     model = torch.nn.Sequential(torch.nn.Identity(), IncrementalClassifier(D, 2))
     with pytest.raises(ValueError, match="not part of strategy.model"):
         naive(model, [HeadstartPlugin(model[0], classifier)]).train(benchmark(split).train_stream[0])
+
+
+class BufferSpy(SupervisedPlugin):
+    """Records the replay buffer's (x, y) at the start of every experience."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffers = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        from avalanche.training.plugins import ReplayPlugin
+
+        replay = [p for p in strategy.plugins if isinstance(p, ReplayPlugin)][0]
+        items = [replay.storage_policy.buffer[i] for i in range(len(replay.storage_policy.buffer))]
+        x = np.stack([item[0].numpy() for item in items]) if items else np.zeros((0, D))
+        y = np.array([int(item[1]) for item in items], dtype=np.int64)
+        self.buffers.append((x, y))
+
+
+def test_rebuilt_statistics_read_the_replay_buffer(split):
+    """persist=False: each experience's statistics are its own data plus the replay buffer,
+    checked against a float64 solve from those raw rows."""
+    xtr, ytr = split[0], split[1]
+    spy = BufferSpy()
+    options = {"persist": False, "calibrate": False, "lam": 0.05}
+    _, _, after, plugin = run(split, Replay, plugin_options=options, experiences=3, first=[spy], mem_size=60)
+    assert [h.replayed for h in plugin.history] == [0, 60, 60]
+    assert not any(h.persisted for h in plugin.history)
+    for k in range(3):
+        rows = new_rows(k)
+        mask = np.isin(ytr, rows)
+        bx, by = spy.buffers[k]
+        x, y = np.concatenate([xtr[mask], bx]), np.concatenate([ytr[mask], by])
+        w, b = nc_reference(x, y, rows, 0.05)
+        assert rel_err(after.weights[k][rows].numpy(), w) < 1e-5, k
+        assert rel_err(after.biases[k][rows].numpy(), b) < 1e-5, k
+
+
+def test_a_training_backbone_rebuilds_statistics_and_skips_calibration(split):
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
+    _, _, _, plugin = run(split, Replay, plugin_options={}, backbone=hidden, experiences=3, mem_size=60)
+    assert [h.persisted for h in plugin.history] == [False] * 3
+    assert [h.replayed for h in plugin.history] == [0, 60, 60]
+    assert [h.init.source for h in plugin.history] == ["none"] * 3
+    frozen = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU()).requires_grad_(False)
+    _, _, _, plugin = run(split, Replay, plugin_options={}, backbone=frozen, experiences=3, mem_size=60)
+    assert [h.persisted for h in plugin.history] == [True] * 3
+    assert [h.replayed for h in plugin.history] == [0, 0, 0]
+    assert [h.init.source for h in plugin.history] == ["stats"] * 3
+
+
+def test_the_calibration_mix_follows_the_replay_batch():
+    from headstart.avalanche import _Mix
+
+    mix = _Mix({3: 100, 7: 300}, None)
+    assert mix.weights() == "task"
+    mix.add_replay({1: 20, 5: 20}, None, 0.5)
+    assert mix.weights() == {3: 0.125, 7: 0.375, 1: 0.25, 5: 0.25}
+
+
+def test_the_reservoir_is_uniform():
+    from headstart.avalanche import _Reservoir
+
+    hits = np.zeros(1000)
+    for rep in range(400):
+        reservoir = _Reservoir(50, np.random.default_rng(rep))
+        values = np.arange(1000, dtype=np.float64)
+        for start in range(0, 1000, 37):
+            chunk = values[start : start + 37]
+            reservoir.add(chunk[:, None], chunk.astype(np.int64))
+        x, y = reservoir.sample()
+        assert len(y) == 50 and len(set(y.tolist())) == 50 and np.array_equal(x[:, 0], y)
+        hits[y] += 1
+    # Each row is kept with probability 50/1000: 20 of 400 runs on average, in every part of the stream.
+    for part in np.split(hits, 10):
+        assert abs(part.mean() - 20) < 2.5, part.mean()

@@ -234,3 +234,20 @@ def test_calibration_accepts_tensors_and_stops_at_the_logit_cap():
     assert result.at_bound
     peak = np.abs((xs.numpy() @ head.weight.T + head.bias) * result.scale).max()
     assert abs(peak - 10.0) < 1e-6
+
+
+def test_statistics_draws_follow_given_class_weights():
+    x, y = make_data(4, 2000, 6, [0, 1, 2, 3])
+    stats = headstart.Stats(6)
+    stats.update(x, y)
+    fc = torch.nn.Linear(6, 4)
+    head = stats.solve(classes=[2, 3])
+    from headstart.torch import _stats_logits
+
+    args = (stats, fc, torch.from_numpy(head.weight), torch.from_numpy(head.bias), torch.tensor([2, 3]), torch.arange(4))
+    _, _, targets = _stats_logits(*args, 8000, {0: 1.0, 3: 3.0, 9: 5.0}, 0)  # 9: not in the statistics
+    assert set(targets.tolist()) == {0, 3}
+    assert abs((targets == 3).mean() - 0.75) < 1e-3
+    for bad in ({0: -1.0}, {0: 0.0}, {0: float("nan")}):
+        with pytest.raises(ValueError, match="class weights"):
+            init_rows(fc, head, calibrate=stats, stats_scope=bad)
