@@ -91,8 +91,9 @@ class HeadstartPlugin(SupervisedPlugin):
             escalate from one experience to the next (the cap follows the old rows' logits,
             which training on scaled rows raises) until a switch's loss far exceeds random
             rows'; uncalibrated rows stayed near random rows' loss (docs/results.md, "With
-            Avalanche"). With a replay buffer, the fit weighs the experience's and the
-            buffer's classes in the shares of a replay batch.
+            Avalanche"). When the statistics are rebuilt with a replay buffer (see
+            `persist`), the fit weighs the experience's and the buffer's classes in the shares
+            of a replay batch; otherwise it fits the experience's classes.
         calibrate_samples: draws ("stats") or sample rows ("sample") for the calibration.
         persist: keep the statistics across experiences (True; the state stays O(d² + C·d),
             no samples are kept), or rebuild them at every experience from the data the
@@ -114,8 +115,11 @@ class HeadstartPlugin(SupervisedPlugin):
     After training, `stats` holds the statistics, `history` one `ExperienceInit` per training
     experience and `seconds` the plugin's total wall time.
 
-    The experience's data is streamed as the strategy's dataset gives it (with its training
-    transforms); an experience trained twice is streamed once.
+    The experience's data is streamed as `experience.dataset` gives it (with its training
+    transforms; other plugins' changes to the strategy's training dataset are not seen); an
+    experience trained twice is streamed once. "auto" can only see a backbone's parameters
+    when it is an `nn.Module`: for a plain callable around a training network, pass
+    `persist=False, calibrate=False`.
 
     Raises ValueError before the experience's training starts, with nothing written, when the
     backbone's output does not match the classifier (shape or dimension), when its features
@@ -162,6 +166,8 @@ class HeadstartPlugin(SupervisedPlugin):
             raise ValueError(f"calibrate_samples must be at least 1, got {calibrate_samples}")
         if persist not in (True, False, "auto"):
             raise ValueError(f"persist must be True, False or 'auto', got {persist!r}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backbone = backbone
@@ -182,6 +188,7 @@ class HeadstartPlugin(SupervisedPlugin):
         self.history: list[ExperienceInit] = []
         self.initialised: set[int] = set()
         self._streamed: set = set()
+        self._persistent = True  # whether self.stats were built to persist
         self._model: Optional[torch.nn.Module] = None
 
     @property
@@ -240,7 +247,8 @@ class HeadstartPlugin(SupervisedPlugin):
                 "HeadstartPlugin(backbone, 'classifier')"
             )
         stream = getattr(getattr(experience, "origin_stream", None), "name", None)
-        if (stream, index) in self._streamed:  # trained again: its data is in the statistics
+        key = (stream, index, id(experience.dataset))
+        if key in self._streamed:  # trained again: its data is in the statistics
             record.seconds = time.perf_counter() - start
             self.history.append(record)
             return
@@ -248,8 +256,10 @@ class HeadstartPlugin(SupervisedPlugin):
         persist = self.persist if self.persist != "auto" else not trains
         record.persisted = persist
         calibrate = self.calibrate if self.calibrate != "auto" else (False if trains else "stats")
-        before = self.stats
-        if self.stats is None or not persist:
+        before, was_persistent = self.stats, self._persistent
+        # Statistics rebuilt for one experience (older backbone weights, replayed samples) are
+        # not a base to persist from.
+        if self.stats is None or not persist or not self._persistent:
             self.stats = Stats(layer.in_features, threads=self.threads)
         else:
             self.stats = self.stats.copy()  # a failure part-way must leave the statistics as they were
@@ -265,13 +275,14 @@ class HeadstartPlugin(SupervisedPlugin):
                     record.replayed += len(buffer)
             record.feature_seconds = time.perf_counter() - streamed
             record.samples = self.stats.task_n - record.replayed
-            new = sorted(set(self.stats.task_classes) - self.initialised)
+            new = sorted(set(mix.parts[0][0]) - self.initialised)  # the experience's own classes
             if new:
                 self._write(layer, new, mix, calibrate, index, record)
         except BaseException:
-            self.stats = before
+            self.stats, self._persistent = before, was_persistent
             raise
-        self._streamed.add((stream, index))
+        self._streamed.add(key)
+        self._persistent = persist
         record.seconds = time.perf_counter() - start
         self.history.append(record)
 
@@ -297,13 +308,14 @@ class HeadstartPlugin(SupervisedPlugin):
             batch_size=batch_size,
             shuffle=False,
             collate_fn=getattr(dataset, "collate_fn", None),
-            # A private generator: streaming must not move the strategy's random stream.
+            # A private generator: the loader itself draws nothing from torch's global stream
+            # (random transforms in the dataset still do).
             generator=torch.Generator(),
         )
         device = torch.device(strategy.device)
         backbone = self._resolve(self.backbone, "backbone")
         module = backbone if isinstance(backbone, torch.nn.Module) else None
-        was_training = module.training if module is not None else False
+        modes = {m: m.training for m in module.modules()} if module is not None else {}
         reservoir = _Reservoir(keep, np.random.default_rng([self.seed, index, len(what)]))
         counts: dict = {}
         bar = self._bar(len(loader), index)
@@ -335,13 +347,15 @@ class HeadstartPlugin(SupervisedPlugin):
             if bar is not None:
                 bar.close()
             if module is not None:
-                module.train(was_training)
+                for m, mode in modes.items():  # each submodule as it was (a frozen BatchNorm stays in eval)
+                    m.train(mode)
         return counts, (reservoir.sample() if keep else None)
 
     def _write(self, layer, new, mix: "_Mix", calibrate, index: int, record: ExperienceInit):
         if max(new) >= layer.out_features or min(new) < 0:
+            bad = min(new) if min(new) < 0 else max(new)
             raise ValueError(
-                f"HeadstartPlugin (experience {index}): class {max(new)} has no row in the "
+                f"HeadstartPlugin (experience {index}): class {bad} has no row in the "
                 f"classifier's {layer.out_features} outputs; use an IncrementalClassifier, or an "
                 f"nn.Linear with a row per class"
             )
@@ -424,13 +438,13 @@ class _Mix:
         return weights
 
     def sample(self, size: int, rng: np.random.Generator):
-        """At most `size` rows, each part contributing its share (as far as its sample goes)."""
+        """At most `size` rows in which each part holds its share: as many rows as the
+        smallest part's sample allows at its share."""
+        parts = [(sample, share) for _, sample, share in self.parts if sample is not None and share > 0]
+        total = min([size] + [len(sample[1]) / share for sample, share in parts])
         xs, ys = [], []
-        for _, sample, share in self.parts:
-            if sample is None:
-                continue
-            x, y = sample
-            take = min(len(y), max(1, int(round(size * share))))
+        for (x, y), share in parts:
+            take = min(len(y), max(1, int(round(total * share))))
             rows = rng.choice(len(y), size=take, replace=False)
             xs.append(x[rows])
             ys.append(y[rows])

@@ -377,3 +377,52 @@ def test_the_reservoir_is_uniform():
     # Each row is kept with probability 50/1000: 20 of 400 runs on average, in every part of the stream.
     for part in np.split(hits, 10):
         assert abs(part.mean() - 20) < 2.5, part.mean()
+
+
+def test_the_calibration_sample_keeps_the_replay_share():
+    from headstart.avalanche import _Mix
+
+    rng = np.random.default_rng(0)
+    experience = (rng.standard_normal((400, 3)), np.zeros(400, dtype=np.int64))
+    buffer = (rng.standard_normal((60, 3)), np.ones(60, dtype=np.int64))
+    mix = _Mix({0: 400}, experience)
+    mix.add_replay({1: 60}, buffer, 0.5)
+    x, y = mix.sample(4096, rng)
+    assert len(y) == 120 and (y == 1).sum() == 60  # limited by the buffer's 60 rows at half
+    x, y = mix.sample(50, rng)
+    assert (y == 0).sum() == 25 and (y == 1).sum() == 25
+
+
+def test_submodule_modes_survive_streaming_and_a_persist_switch_starts_afresh(split):
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.BatchNorm1d(D), torch.nn.ReLU())
+    hidden[1].eval()  # deliberately frozen statistics, as fine-tuning recipes do
+    classifier = IncrementalClassifier(D, 2)
+    model = torch.nn.Sequential(hidden, classifier)
+    plugin = HeadstartPlugin(hidden, classifier)
+    strategy = naive(model, [plugin], train_mb_size=64)
+    stream = benchmark(split).train_stream
+    strategy.train(stream[0])  # the hidden layer trains: statistics rebuilt
+    hidden[1].eval()  # Avalanche's train() puts the whole model in training mode; the recipe refreezes
+    assert plugin.history[0].persisted is False
+    hidden.requires_grad_(False)  # now frozen: statistics persist from here, starting afresh
+    strategy.train(stream[1])
+    assert plugin.history[1].persisted is True
+    assert plugin.stats.n == plugin.history[1].samples  # nothing from the rebuilt experience 0
+    assert plugin.history[1].init.source == "stats"
+
+
+def test_modes_are_restored_per_submodule():
+    class Strategy:  # the attributes the plugin reads, without Avalanche's training loop
+        pass
+
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.BatchNorm1d(D), torch.nn.Dropout(0.1))
+    hidden.train()
+    hidden[1].eval()
+    plugin = HeadstartPlugin(hidden, torch.nn.Linear(D, 3))
+    plugin.stats = headstart.Stats(D)
+    strategy = Strategy()
+    strategy.device, strategy.train_mb_size, strategy.eval_mb_size = "cpu", 8, 8
+    data = torch.utils.data.TensorDataset(torch.randn(20, D), torch.randint(0, 3, (20,)))
+    plugin._stream(strategy, data, D, 0, 0)
+    assert [m.training for m in hidden] == [True, False, True]
+    assert plugin.stats.n == 20
