@@ -6,7 +6,7 @@ calibrated least-squares head instead of random values.
 
     model = torch.nn.Sequential(backbone, IncrementalClassifier(512, 2))
     plugin = HeadstartPlugin(model[0], model[1])
-    strategy = Naive(model, optimizer, criterion, plugins=[plugin])
+    strategy = Naive(model=model, optimizer=optimizer, criterion=criterion, plugins=[plugin])
     for experience in benchmark.train_stream:
         strategy.train(experience)
 
@@ -130,7 +130,7 @@ class HeadstartPlugin(SupervisedPlugin):
     Example (a runnable version is `python/tests/test_avalanche.py`):
 
         plugin = HeadstartPlugin(model.features, model.classifier, calibrate="stats")
-        strategy = Replay(model, optimizer, criterion, mem_size=200, plugins=[plugin])
+        strategy = Replay(model=model, optimizer=optimizer, criterion=criterion, mem_size=200, plugins=[plugin])
         strategy.train(experience)
         print(plugin.history[-1].init.scale, plugin.seconds)
     """

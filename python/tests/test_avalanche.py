@@ -426,3 +426,20 @@ def test_modes_are_restored_per_submodule():
     plugin._stream(strategy, data, D, 0, 0)
     assert [m.training for m in hidden] == [True, False, True]
     assert plugin.stats.n == 20
+
+
+def test_the_readme_snippet_runs(split):
+    """The README's "With Avalanche" block, run as written (the optimiser made for its model)."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("from avalanche.models import IncrementalClassifier")
+    block = readme[start : readme.index("```", start)]
+    block = block.replace("strategy = Replay(", "optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)\nstrategy = Replay(", 1)
+    x = np.concatenate([split[0], np.zeros((len(split[0]), 512 - D))], axis=1)
+    scope = {"torch": torch, "backbone": torch.nn.Identity(), "criterion": torch.nn.CrossEntropyLoss()}
+    scope["benchmark"] = class_incremental_benchmark({"train": dataset(x, split[1])}, class_order=ORDER, num_experiences=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(block, "README.md", "exec"), scope)
+    assert [h.new_classes for h in scope["plugin"].history] == [new_rows(k) for k in range(5)]
