@@ -40,6 +40,7 @@ import warnings
 
 import numpy as np
 import torch
+from avalanche.core import SupervisedPlugin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -56,25 +57,20 @@ def load(args):
     return name, x.astype(np.float32), y.astype(np.int64)
 
 
-class Recorder:
-    """An Avalanche plugin recording each experience's first mini-batch loss (before the
-    first update)."""
+class Recorder(SupervisedPlugin):
+    """Records each experience's first mini-batch loss (before the first update)."""
 
     def __init__(self):
-        from avalanche.core import SupervisedPlugin
+        super().__init__()
+        self.losses, self.first = [], False
 
-        recorder = self
+    def before_training_exp(self, strategy, **kwargs):
+        self.first = True
 
-        class _Plugin(SupervisedPlugin):
-            def before_training_exp(self, strategy, **kwargs):
-                recorder.first = True
-
-            def before_backward(self, strategy, **kwargs):
-                if recorder.first:
-                    recorder.losses.append(float(strategy.loss))
-                    recorder.first = False
-
-        self.plugin, self.losses, self.first = _Plugin(), [], False
+    def before_backward(self, strategy, **kwargs):
+        if self.first:
+            self.losses.append(float(strategy.loss))
+            self.first = False
 
 
 def accuracy(model, x, y, device):
@@ -115,7 +111,7 @@ def run(strategy_name, with_plugin, seed, x, y, args):
     classifier = IncrementalClassifier(width, initial_out_features=2)
     model = torch.nn.Sequential(backbone, classifier).to(args.device)
     recorder = Recorder()
-    plugins = [recorder.plugin]
+    plugins = [recorder]
     plugin = None
     if with_plugin:
         plugin = HeadstartPlugin(backbone, classifier, seed=seed, **args.plugin_options)
