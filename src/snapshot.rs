@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `HDSTATE\n` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; version 1 is still read) |
 //! | 12 | 4 | flags (0) |
 //! | 16 | 8 | feature dimension d |
 //! | 24 | 8 | payload length in bytes |
@@ -15,7 +15,9 @@
 //!
 //! Reading checks the magic, both checksums, the version, the lengths (against the file's
 //! real size, before anything is allocated from them) and every value of the decoded state;
-//! any failure is a [`SnapshotError`] naming the file, never a panic. Writing is atomic:
+//! any failure is a [`SnapshotError`] naming the file, never a panic. Version 2 added the
+//! sample weights of [`Stats::decay`]; a version-1 file (integer counts only) reads as the
+//! undecayed state with weights equal to its counts. Writing is atomic:
 //! temporary file in the same directory, fsync, rename, fsync of the directory.
 //!
 //! # Examples
@@ -33,12 +35,58 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::stats::{Stats, StatsParts};
+use crate::stats::{SegmentParts, Stats, StatsParts};
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HDSTATE\n";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_READ_VERSION: u32 = 1;
+
+/// Version 1's payload: [`StatsParts`] without weights.
+#[derive(serde::Deserialize)]
+struct PartsV1 {
+    dim: u64,
+    tasks_begun: u64,
+    before: SegmentV1,
+    task: SegmentV1,
+}
+
+#[derive(serde::Deserialize)]
+struct SegmentV1 {
+    n: u64,
+    gram_lower: Vec<f64>,
+    sum: Vec<f64>,
+    classes: Vec<(i64, u64, Vec<f64>)>,
+}
+
+impl From<SegmentV1> for SegmentParts {
+    fn from(v1: SegmentV1) -> Self {
+        SegmentParts {
+            n: v1.n,
+            weight: v1.n as f64,
+            gram_lower: v1.gram_lower,
+            sum: v1.sum,
+            classes: v1
+                .classes
+                .into_iter()
+                .map(|(id, count, sum)| (id, count, count as f64, sum))
+                .collect(),
+        }
+    }
+}
+
+impl From<PartsV1> for StatsParts {
+    fn from(v1: PartsV1) -> Self {
+        StatsParts {
+            dim: v1.dim,
+            tasks_begun: v1.tasks_begun,
+            before: v1.before.into(),
+            task: v1.task.into(),
+        }
+    }
+}
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 40;
 /// The largest feature dimension a state file may declare ([`crate::stats::MAX_DIM`]): a
@@ -67,7 +115,9 @@ pub enum SnapshotError {
         reason: String,
     },
     /// The file was written by a format version this build does not read.
-    #[error("{path}: state format version {found}, but this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path}: state format version {found}, but this build reads versions {OLDEST_READ_VERSION} to {FORMAT_VERSION}"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -171,7 +221,7 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
         return Err(not_a_state("header checksum mismatch"));
     }
     let version = u32_at(8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::Version {
             path: path(),
             found: version,
@@ -200,11 +250,17 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
     }
     // serde's sequence visitors never preallocate more than about 1 MiB from a length
     // prefix, so a hostile length fails at the end of the payload instead of allocating.
-    let (parts, used): (StatsParts, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
-        .map_err(|e| SnapshotError::Invalid {
-            path: path(),
-            reason: format!("payload does not decode: {e}"),
-        })?;
+    let undecodable = |e: bincode::error::DecodeError| SnapshotError::Invalid {
+        path: path(),
+        reason: format!("payload does not decode: {e}"),
+    };
+    let (parts, used): (StatsParts, usize) = if version == 1 {
+        let (v1, used): (PartsV1, usize) =
+            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?;
+        (v1.into(), used)
+    } else {
+        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?
+    };
     if used != payload.len() {
         return Err(SnapshotError::Invalid {
             path: path(),

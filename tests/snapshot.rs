@@ -90,13 +90,13 @@ fn flipped_bits_are_caught_by_the_checksums() {
 #[test]
 fn other_versions_dimensions_and_files_are_refused_clearly() {
     let mut bytes = snapshot::encode(&sample_state());
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let header_crc = crc32fast::hash(&bytes[..36]);
     bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
     let err = decode(&bytes).unwrap_err();
     assert!(
         err.to_string()
-            .contains("version 2, but this build reads version 1"),
+            .contains("version 3, but this build reads versions 1 to 2"),
         "{err}"
     );
 
@@ -120,13 +120,19 @@ fn a_hostile_length_inside_a_valid_checksum_fails_without_allocating() {
     let state = Stats::new(1);
     let honest = snapshot::encode(&state);
     let payload = &honest[HEADER_LEN..];
-    // Payload: dim (1), tasks_begun (0), then the before-segment: n (0), gram_lower length (1)…
-    assert_eq!(&payload[..4], &[1, 0, 0, 1], "the layout this test edits");
+    // Payload: dim (1), tasks_begun (0), then the before-segment: n (0), weight (f64 0.0),
+    // gram_lower length (1)…
+    assert_eq!(&payload[..3], &[1, 0, 0], "the layout this test edits");
+    assert_eq!(
+        &payload[3..12],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 1],
+        "the layout this test edits"
+    );
     let mut hostile = honest[..HEADER_LEN].to_vec();
-    hostile.extend_from_slice(&payload[..3]);
+    hostile.extend_from_slice(&payload[..11]);
     hostile.push(0xFD);
     hostile.extend_from_slice(&(1u64 << 60).to_le_bytes());
-    hostile.extend_from_slice(&payload[4..]);
+    hostile.extend_from_slice(&payload[12..]);
     let err = decode(&reseal(hostile)).unwrap_err();
     assert!(matches!(err, SnapshotError::Invalid { .. }), "{err:?}");
 
@@ -146,12 +152,14 @@ fn invalid_contents_are_named() {
     let mut s = Stats::new(1);
     s.update(&[3.0f32, 4.0], &[9, 9]).unwrap();
     let bytes = snapshot::encode(&s);
-    // The class entry (id 9, count 2, sum [7.0]) ends the payload: 8-byte f64, length 1,
-    // count 2, id 9 (zigzag 18), walking backwards.
+    // The class entry (id 9, count 2, weight 2.0, sum [7.0]) ends the payload: 8-byte f64,
+    // length 1, 8-byte f64 weight, count 2, id 9 (zigzag 18), walking backwards.
     let n = bytes.len();
-    assert_eq!(&bytes[n - 11..n - 8], &[18, 2, 1]);
+    assert_eq!(&bytes[n - 19..n - 17], &[18, 2]);
+    assert_eq!(bytes[n - 9], 1);
+    assert_eq!(&bytes[n - 17..n - 9], &2.0f64.to_le_bytes());
     let mut damaged = bytes.clone();
-    damaged[n - 10] = 3;
+    damaged[n - 18] = 3;
     let err = decode(&reseal(damaged)).unwrap_err();
     assert!(
         err.to_string()
@@ -177,12 +185,14 @@ fn arbitrary_state() -> impl Strategy<Value = Stats> {
     (
         proptest::collection::vec(batch.clone(), 0..4),
         proptest::collection::vec(batch, 0..4),
+        prop_oneof![Just(1.0f64), 0.01f64..1.0],
     )
-        .prop_map(|(before, after)| {
+        .prop_map(|(before, after, gamma)| {
             let mut s = Stats::new(3);
             for (x, y) in &before {
                 s.update(x, y).unwrap();
             }
+            s.decay(gamma).unwrap(); // weights that are not counts must survive too
             if !after.is_empty() {
                 s.begin_task();
             }

@@ -331,3 +331,56 @@ fn a_stored_head_reads_back_as_the_head_with_its_solve_description() {
     let err = decode_head(&stripped, "fc.", std::path::Path::new("h")).unwrap_err();
     assert!(err.to_string().contains("metadata 'form'"), "{err}");
 }
+
+#[test]
+fn decay_and_ingest_with_decay_equal_the_library_and_refuse_bad_factors() {
+    let parts = Parts::new();
+    // Library reference: part 0, decayed by 0.5, then part 1 added after a decay of 0.8.
+    let mut want = Stats::new(D);
+    want.update(&parts.rows[0].0, &parts.rows[0].1).unwrap();
+    want.decay(0.5).unwrap();
+    want.decay(0.8).unwrap();
+    want.update(&parts.rows[1].0, &parts.rows[1].1).unwrap();
+
+    parts.ingest(0, "s.hs", &[]);
+    let out = ok(&[
+        "decay",
+        &parts.s("s.hs"),
+        "--gamma",
+        "0.5",
+        "--out",
+        &parts.s("d.hs"),
+    ]);
+    assert!(out.contains("0.5"), "{out}");
+    // FILE itself is untouched when --out is given.
+    assert_eq!(snapshot::read(&parts.p("s.hs")).unwrap().weight(), 300.0);
+    parts.ingest(1, "d.hs", &["--decay", "0.8"]);
+    let got = snapshot::read(&parts.p("d.hs")).unwrap();
+    assert_eq!(got.samples(), 500);
+    assert!((got.weight() - want.weight()).abs() < 1e-9, "{}", got.weight());
+    for id in want.classes() {
+        let (a, b) = (got.class_weight(id), want.class_weight(id));
+        assert!((a - b).abs() < 1e-9 * b.max(1.0), "class {id}: {a} vs {b}");
+    }
+    let solve = |s: &Stats| Solver::new().solve(s, &SolveOptions::default()).unwrap().weight;
+    assert!(rel_err(&solve(&got), &solve(&want)) < 1e-6);
+    let info = ok(&["inspect", &parts.s("d.hs")]);
+    assert!(info.contains("decayed"), "{info}");
+
+    // Bad factors: clap's usage error names the flag and the value; the file is unchanged.
+    let refused = |args: &[&str], flag: &str, bad: &str| {
+        let out = headstart(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(bad), "{args:?}: {err}");
+    };
+    let before = std::fs::read(parts.p("d.hs")).unwrap();
+    for bad in ["0", "1.5", "-0.1", "NaN", "x"] {
+        refused(&["decay", &parts.s("d.hs"), "--gamma", bad], "--gamma", bad);
+        let (x, y, s) = (parts.s("x2.npy"), parts.s("y2.npy"), parts.s("d.hs"));
+        let mut args = ingest_args(&x, &y, &s).to_vec();
+        args.extend_from_slice(&["--decay", bad]);
+        refused(&args, "--decay", bad);
+    }
+    assert_eq!(std::fs::read(parts.p("d.hs")).unwrap(), before);
+}

@@ -55,6 +55,8 @@ enum Command {
     Inspect(state::InspectArgs),
     /// Add state files up into one (exact).
     Merge(state::MergeArgs),
+    /// Multiply a state file's statistics by a forgetting factor (older samples fade).
+    Decay(state::DecayArgs),
     /// Solve a head from a state file or a running server and write it as safetensors.
     Solve(solve::SolveArgs),
     /// Serve a state over TCP or a Unix socket (docs/protocol.md).
@@ -79,6 +81,7 @@ pub fn main() -> i32 {
         Command::Ingest(args) => state::ingest(args),
         Command::Inspect(args) => state::inspect(args),
         Command::Merge(args) => state::merge(args),
+        Command::Decay(args) => state::decay(args),
         Command::Solve(args) => solve::run(args),
         Command::Serve(args) => serve::serve(args),
         Command::Push(args) => serve::push(args),

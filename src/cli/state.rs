@@ -1,4 +1,4 @@
-//! `headstart ingest`, `inspect` and `merge`: state files offline.
+//! `headstart ingest`, `inspect`, `merge` and `decay`: state files offline.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,6 +21,10 @@ pub struct IngestArgs {
     /// Mark a task boundary before these samples (a solve with --scope task then sees only them).
     #[arg(long)]
     begin_task: bool,
+    /// Multiply the existing state's sums and weights by GAMMA in (0, 1] before adding these
+    /// samples (a forgetting factor: older features fade, the new ones weigh 1).
+    #[arg(long, value_name = "GAMMA", value_parser = parse_gamma, allow_hyphen_values = true)]
+    decay: Option<f64>,
     #[command(flatten)]
     stream: StreamArgs,
 }
@@ -51,6 +55,11 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         None => Stats::new(streamed.dim),
     };
     let before = state.samples();
+    if let Some(gamma) = args.decay {
+        state
+            .decay(gamma)
+            .with_context(|| format!("{}: --decay", args.state.display()))?;
+    }
     if args.begin_task {
         state.begin_task();
     }
@@ -88,17 +97,22 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let classes = state.classes();
     let task: std::collections::BTreeSet<i64> = state.task_classes().into_iter().collect();
     outln!("state: {}", args.file.display())?;
-    outln!(
-        "format: version {} ({} bytes)",
-        snapshot::FORMAT_VERSION,
-        bytes.len()
-    )?;
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("decode checked the header"));
+    outln!("format: version {version} ({} bytes)", bytes.len())?;
     outln!("dimension: {}", state.dim())?;
     outln!(
         "samples: {} ({} since the last task boundary)",
         state.samples(),
         state.task_samples()
     )?;
+    let decayed = state.weight() != state.samples() as f64;
+    if decayed {
+        outln!(
+            "weight: {} ({} since the last task boundary; decayed)",
+            state.weight(),
+            state.task_weight()
+        )?;
+    }
     outln!("task boundaries: {}", state.tasks_begun())?;
     outln!(
         "classes: {} ({} with samples since the last boundary)",
@@ -110,14 +124,30 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     } else {
         classes.len().min(100)
     };
-    if shown > 0 {
+    if shown > 0 && decayed {
+        outln!(
+            "{:>20}  {:>12}  {:>14}  {:>14}",
+            "class",
+            "samples",
+            "weight",
+            "task weight"
+        )?;
+    } else if shown > 0 {
         outln!("{:>20}  {:>12}  {:>12}", "class", "samples", "since task")?;
     }
     for &id in &classes[..shown] {
         let in_task = state
             .class_sum(id, headstart::stats::Scope::Task)
-            .map_or(0, |(n, _)| n);
-        outln!("{id:>20}  {:>12}  {in_task:>12}", state.class_count(id))?;
+            .map_or(0.0, |(n, _)| n);
+        if decayed {
+            outln!(
+                "{id:>20}  {:>12}  {:>14.6}  {in_task:>14.6}",
+                state.class_count(id),
+                state.class_weight(id)
+            )?;
+        } else {
+            outln!("{id:>20}  {:>12}  {in_task:>12}", state.class_count(id))?;
+        }
     }
     if shown < classes.len() {
         outln!(
@@ -170,4 +200,48 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         merged.dim()
     )?;
     Ok(())
+}
+
+#[derive(Args)]
+pub struct DecayArgs {
+    /// The state file (rewritten atomically unless --out is given).
+    file: PathBuf,
+    /// The forgetting factor in (0, 1]: every sum and weight is multiplied by it.
+    #[arg(long, value_parser = parse_gamma, allow_hyphen_values = true)]
+    gamma: f64,
+    /// Write the decayed state here instead of over FILE.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn decay(args: DecayArgs) -> anyhow::Result<()> {
+    let out = args.out.as_ref().unwrap_or(&args.file);
+    if args.out.is_some() {
+        check_output("--out", out)?;
+    }
+    let mut state = snapshot::read(&args.file)?;
+    let before = state.weight();
+    state
+        .decay(args.gamma)
+        .with_context(|| format!("{}", args.file.display()))?;
+    snapshot::write(out, &state)?;
+    outln!(
+        "wrote {}: weight {before} -> {} ({}, {}), γ = {}",
+        out.display(),
+        state.weight(),
+        plural(state.samples(), "sample", "samples"),
+        plural(state.classes().len() as u64, "class", "classes"),
+        args.gamma
+    )?;
+    Ok(())
+}
+
+/// A forgetting factor: a number in (0, 1].
+fn parse_gamma(text: &str) -> Result<f64, String> {
+    let gamma: f64 = text.parse().map_err(|_| format!("'{text}' is not a number"))?;
+    if gamma > 0.0 && gamma <= 1.0 {
+        Ok(gamma)
+    } else {
+        Err(format!("{gamma} is not in (0, 1]"))
+    }
 }

@@ -72,7 +72,7 @@ pub fn heldout_mse(head: &Head, val: &Stats) -> Result<f64, SolveError> {
         });
     }
     let (nv, sum) = val.sum(Scope::All);
-    if nv == 0 {
+    if nv <= 0.0 {
         return Err(SolveError::NoSamples { scope: Scope::All });
     }
     let d = head.dim;
@@ -87,12 +87,10 @@ pub fn heldout_mse(head: &Head, val: &Stats) -> Result<f64, SolveError> {
         let quad: f64 = (0..d).map(|j| w[j] * gw[(j, k)]).sum();
         let (count, class_sum) = val
             .class_sum(head.class_ids[k], Scope::All)
-            .unwrap_or((0, vec![0.0; d]));
-        total += quad + 2.0 * b * dot(w, &sum) + nv as f64 * b * b
-            - 2.0 * (dot(w, &class_sum) + b * count as f64)
-            + count as f64;
+            .unwrap_or((0.0, vec![0.0; d]));
+        total += quad + 2.0 * b * dot(w, &sum) + nv * b * b - 2.0 * (dot(w, &class_sum) + b * count) + count;
     }
-    Ok(total / nv as f64)
+    Ok(total / nv)
 }
 
 /// Solves `opts` at every λ in `grid` on `train` and scores each head on `val`.

@@ -452,6 +452,7 @@ impl Solver {
         opts.lambda.check()?;
         let segments = stats.segments(opts.scope == Scope::Task);
         let samples: u64 = segments.iter().map(|m| m.n).sum();
+        let n: f64 = segments.iter().map(|m| m.weight).sum();
         if samples == 0 {
             return Err(SolveError::NoSamples { scope: opts.scope });
         }
@@ -468,15 +469,21 @@ impl Solver {
         let lambda = factor.lambda;
 
         let dim = stats.dim();
-        let n = samples as f64;
         let c = classes.len();
         let mut rhs = Mat::<f64>::zeros(dim, c);
         let mut counts = Vec::with_capacity(c);
+        let mut weights = Vec::with_capacity(c);
         for (k, &id) in classes.iter().enumerate() {
-            let (count, sum) = stats
+            let (weight, sum) = stats
                 .class_sum(id, opts.scope)
                 .expect("resolve_classes checked presence");
+            let count = segments
+                .iter()
+                .filter_map(|m| m.classes.get(&id))
+                .map(|m| m.count)
+                .sum();
             counts.push(count);
+            weights.push(weight);
             let col = rhs
                 .col_mut(k)
                 .try_as_col_major_mut()
@@ -484,8 +491,8 @@ impl Solver {
                 .as_slice_mut();
             for j in 0..dim {
                 col[j] = match (opts.form, opts.bias) {
-                    (Form::Nc, _) => sum[j] / count as f64 / c as f64,
-                    (Form::Ridge, true) => (sum[j] - factor.mean[j] * count as f64) / n,
+                    (Form::Nc, _) => sum[j] / weight / c as f64,
+                    (Form::Ridge, true) => (sum[j] - factor.mean[j] * weight) / n,
                     (Form::Ridge, false) => sum[j] / n,
                 };
             }
@@ -506,7 +513,7 @@ impl Solver {
                 let wmu = dot(&weight[k * dim..(k + 1) * dim], &factor.mean);
                 match opts.form {
                     Form::Nc => 1.0 / c as f64 - wmu,
-                    Form::Ridge => counts[k] as f64 / n - wmu,
+                    Form::Ridge => weights[k] / n - wmu,
                 }
             })
             .collect();
@@ -566,7 +573,7 @@ fn factorise(
     centred: bool,
 ) -> Result<Factor, SolveError> {
     let samples: u64 = segments.iter().map(|m| m.n).sum();
-    let n = samples as f64;
+    let n: f64 = segments.iter().map(|m| m.weight).sum();
     let mean: Vec<f64> = (0..dim)
         .map(|j| segments.iter().map(|seg| seg.sum[j]).sum::<f64>() / n)
         .collect();

@@ -301,6 +301,7 @@ impl Prepared {
         } else {
             m.n -= self.rows as u64;
         }
+        m.weight += sign * self.rows as f64;
         for (t, s) in m.sum.iter_mut().zip(&self.sum) {
             *t += sign * s;
         }
@@ -312,8 +313,10 @@ impl Prepared {
         {
             let class = m.classes.entry(id).or_insert_with(|| ClassMoments {
                 count: 0,
+                weight: 0.0,
                 sum: vec![0.0; dim],
             });
+            class.weight += sign * count as f64;
             if sign > 0.0 {
                 class.count += count;
             } else {

@@ -1,10 +1,15 @@
 //! The additive statistics: an exact, mergeable monoid.
 //!
-//! [`Stats`] keeps, for a feature dimension `d` fixed at creation, the sample count N, the
+//! [`Stats`] keeps, for a feature dimension `d` fixed at creation, the sample weight N, the
 //! Gram matrix G = Σ x xᵀ (lower triangle, f64), the global sum Σ x, and per-class sums and
-//! counts for arbitrary `i64` class ids. Everything is a sum over samples, so two states
+//! weights for arbitrary `i64` class ids. Everything is a sum over samples, so two states
 //! [`merge`](Stats::merge) exactly (up to f64 rounding), the empty state is the identity, and
 //! [`retract`](Stats::retract) subtracts what [`update`](Stats::update) added.
+//!
+//! Every sample enters with weight 1, so until a [`decay`](Stats::decay) the weights equal
+//! the sample counts. `decay(γ)` multiplies every sum and weight by γ: statistics from an
+//! older backbone fade as in recursive least squares with a forgetting factor. The counts of
+//! samples accumulated ([`samples`](Stats::samples)) stay exact integers beside the weights.
 //!
 //! The statistics are kept in two segments: what arrived before the last
 //! [`begin_task`](Stats::begin_task) and what arrived since. A solve with scope `all` adds the
@@ -73,7 +78,49 @@ pub enum RetractError {
         /// Samples of that class in the batch.
         retracting: u64,
     },
+    /// The class's weight (shrunk by [`Stats::decay`]) is less than the batch's, each of
+    /// whose samples weighs 1: retracting it would leave a negative weight.
+    #[error(
+        "cannot retract {retracting} samples of class {class}: after decay the current task segment holds a weight of only {weight} (each retracted sample weighs 1)"
+    )]
+    TooLittleWeight {
+        /// The class id.
+        class: i64,
+        /// The class's weight in the segment.
+        weight: f64,
+        /// Samples of that class in the batch.
+        retracting: u64,
+    },
 }
+
+/// Why a [`Stats::decay`] was refused. A refused decay changes nothing.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecayError {
+    /// The factor is not in (0, 1].
+    #[error("decay factor {gamma} is not in (0, 1]: it must be finite, positive and at most 1")]
+    Factor {
+        /// The factor given.
+        gamma: f64,
+    },
+    /// The decay would shrink a weight below [`MIN_WEIGHT`], where f64 loses the statistics.
+    #[error(
+        "decay by {gamma} would shrink the weight of class {class} to {weight:e}, below the smallest kept weight {MIN_WEIGHT:e}; rebuild the statistics instead"
+    )]
+    Underflow {
+        /// The factor given.
+        gamma: f64,
+        /// The class with the smallest weight.
+        class: i64,
+        /// Its weight after the decay.
+        weight: f64,
+    },
+}
+
+/// The smallest class weight a [`Stats`] keeps. A retraction that leaves a class lighter
+/// than this forgets the class, and a [`decay`](Stats::decay) that would go below it is
+/// refused (a fresh sample weighs 1).
+pub const MIN_WEIGHT: f64 = 1e-9;
 
 /// Why two states cannot be merged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,14 +150,20 @@ pub enum Scope {
 /// Per-class accumulators.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ClassMoments {
+    /// Samples accumulated (added minus retracted).
     pub(crate) count: u64,
+    /// Their total weight: `count` until a decay.
+    pub(crate) weight: f64,
     pub(crate) sum: Vec<f64>,
 }
 
 /// One segment of the statistics (sums over a set of samples).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Moments {
+    /// Samples accumulated (added minus retracted).
     pub(crate) n: u64,
+    /// Their total weight N: `n` until a decay.
+    pub(crate) weight: f64,
     /// G = Σ x xᵀ; only the lower triangle (diagonal included) is kept up to date.
     pub(crate) gram: Mat<f64>,
     pub(crate) sum: Vec<f64>,
@@ -121,6 +174,7 @@ impl Moments {
     fn new(dim: usize) -> Self {
         Moments {
             n: 0,
+            weight: 0.0,
             gram: Mat::zeros(dim, dim),
             sum: vec![0.0; dim],
             classes: BTreeMap::new(),
@@ -134,6 +188,7 @@ impl Moments {
 
     fn add(&mut self, other: &Moments) {
         self.n += other.n;
+        self.weight += other.weight;
         self.gram += &other.gram;
         for (a, b) in self.sum.iter_mut().zip(&other.sum) {
             *a += b;
@@ -142,6 +197,7 @@ impl Moments {
             match self.classes.get_mut(&id) {
                 Some(mine) => {
                     mine.count += class.count;
+                    mine.weight += class.weight;
                     for (a, b) in mine.sum.iter_mut().zip(&class.sum) {
                         *a += b;
                     }
@@ -150,6 +206,42 @@ impl Moments {
                     self.classes.insert(id, class.clone());
                 }
             }
+        }
+    }
+
+    /// Multiplies every sum and weight by `gamma`.
+    fn scale(&mut self, gamma: f64) {
+        self.weight *= gamma;
+        self.gram *= faer::Scale(gamma);
+        self.sum.iter_mut().for_each(|v| *v *= gamma);
+        for class in self.classes.values_mut() {
+            class.weight *= gamma;
+            class.sum.iter_mut().for_each(|v| *v *= gamma);
+        }
+    }
+
+    /// Forgets the classes a retraction left with no samples or less than [`MIN_WEIGHT`],
+    /// and the whole segment (rounding residue included) when nothing is left.
+    fn drop_emptied(&mut self) {
+        let emptied: Vec<i64> = self
+            .classes
+            .iter()
+            .filter(|(_, c)| c.count == 0 || c.weight < MIN_WEIGHT)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in emptied {
+            let class = self.classes.remove(&id).expect("listed above");
+            self.weight -= class.weight;
+            if class.count > 0 {
+                // Decayed below MIN_WEIGHT: its samples leave the segment with it.
+                self.n -= class.count;
+                for (t, s) in self.sum.iter_mut().zip(&class.sum) {
+                    *t -= s;
+                }
+            }
+        }
+        if self.n == 0 || self.classes.is_empty() {
+            self.clear();
         }
     }
 }
@@ -182,14 +274,17 @@ pub struct StatsParts {
 /// One segment of [`StatsParts`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentParts {
-    /// Samples N.
+    /// Samples accumulated.
     pub n: u64,
+    /// Their total weight N (equal to `n` until a [`Stats::decay`]).
+    pub weight: f64,
     /// The lower triangle of G = Σ x xᵀ, column by column: d(d+1)/2 values.
     pub gram_lower: Vec<f64>,
     /// Σ x (d values).
     pub sum: Vec<f64>,
-    /// `(class id, count, Σ x over the class)`, ascending by id, counts positive.
-    pub classes: Vec<(i64, u64, Vec<f64>)>,
+    /// `(class id, count, weight, Σ x over the class)`, ascending by id, counts and
+    /// weights positive.
+    pub classes: Vec<(i64, u64, f64, Vec<f64>)>,
 }
 
 impl SegmentParts {
@@ -201,12 +296,13 @@ impl SegmentParts {
         }
         SegmentParts {
             n: m.n,
+            weight: m.weight,
             gram_lower,
             sum: m.sum.clone(),
             classes: m
                 .classes
                 .iter()
-                .map(|(&id, c)| (id, c.count, c.sum.clone()))
+                .map(|(&id, c)| (id, c.count, c.weight, c.sum.clone()))
                 .collect(),
         }
     }
@@ -240,8 +336,9 @@ impl SegmentParts {
             at += len;
         }
         let mut total: u64 = 0;
+        let mut total_weight = 0.0;
         let mut previous: Option<i64> = None;
-        for (id, count, sum) in self.classes {
+        for (id, count, weight, sum) in self.classes {
             if previous.is_some_and(|p| p >= id) {
                 return Err(format!(
                     "{name} segment: class ids are not strictly ascending at class {id}"
@@ -254,10 +351,20 @@ impl SegmentParts {
                     sum.len()
                 ));
             }
+            // A weight is at most its count: samples enter with weight 1 and decay shrinks it.
+            if !(weight.is_finite()
+                && weight >= MIN_WEIGHT
+                && weight <= count as f64 * (1.0 + WEIGHT_REL_TOL))
+            {
+                return Err(format!(
+                    "{name} segment: class {id} has weight {weight} for {count} samples (expected a finite weight in [{MIN_WEIGHT:e}, {count}])"
+                ));
+            }
             total = total
                 .checked_add(count)
                 .ok_or_else(|| format!("{name} segment: class counts overflow"))?;
-            m.classes.insert(id, ClassMoments { count, sum });
+            total_weight += weight;
+            m.classes.insert(id, ClassMoments { count, weight, sum });
         }
         if total != m.n {
             return Err(format!(
@@ -265,9 +372,22 @@ impl SegmentParts {
                 m.n
             ));
         }
+        if !self.weight.is_finite()
+            || (self.weight - total_weight).abs() > WEIGHT_REL_TOL * total_weight.max(1.0)
+        {
+            return Err(format!(
+                "{name} segment: class weights add up to {total_weight} but the segment's weight is {}",
+                self.weight
+            ));
+        }
+        m.weight = self.weight;
         Ok(m)
     }
 }
+
+/// Relative rounding allowed between weights that should agree (a segment's and the sum of
+/// its classes', a weight and its count).
+const WEIGHT_REL_TOL: f64 = 1e-9;
 
 /// Streaming sufficient statistics for least-squares heads.
 ///
@@ -418,9 +538,30 @@ impl Stats {
         self.dim
     }
 
-    /// Total number of samples N (both segments).
+    /// Samples accumulated (both segments): added minus retracted, however decayed.
     pub fn samples(&self) -> u64 {
         self.before.n + self.task.n
+    }
+
+    /// The total sample weight N that solves divide by (both segments): [`samples`](Stats::samples)
+    /// until a [`decay`](Stats::decay), which multiplies it by γ.
+    ///
+    /// # Examples
+    /// ```
+    /// let mut s = headstart::stats::Stats::new(1);
+    /// s.update(&[1.0f32, 2.0], &[0, 1])?;
+    /// assert_eq!(s.weight(), 2.0);
+    /// s.decay(0.5)?;
+    /// assert_eq!((s.samples(), s.weight()), (2, 1.0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn weight(&self) -> f64 {
+        self.before.weight + self.task.weight
+    }
+
+    /// The sample weight since the last [`begin_task`](Stats::begin_task).
+    pub fn task_weight(&self) -> f64 {
+        self.task.weight
     }
 
     /// Number of samples since the last [`begin_task`](Stats::begin_task).
@@ -472,6 +613,13 @@ impl Stats {
     pub fn class_count(&self, id: i64) -> u64 {
         let count = |m: &Moments| m.classes.get(&id).map_or(0, |c| c.count);
         count(&self.before) + count(&self.task)
+    }
+
+    /// The weight of class `id` over both segments (0 if never seen): its count until a
+    /// [`decay`](Stats::decay).
+    pub fn class_weight(&self, id: i64) -> f64 {
+        let weight = |m: &Moments| m.classes.get(&id).map_or(0.0, |c| c.weight);
+        weight(&self.before) + weight(&self.task)
     }
 
     /// Bytes held by the statistics (Gram matrices and sums), for memory reports.
@@ -551,11 +699,15 @@ impl Stats {
 
     /// Undoes [`update`](Stats::update) of the same batch within the current task segment
     /// (unlearning). Exact up to f64 rounding; counts are exact, and a class whose count
-    /// returns to zero is forgotten.
+    /// returns to zero (or whose weight falls below [`MIN_WEIGHT`]) is forgotten.
+    ///
+    /// Each retracted sample weighs 1, as when it was added: this undoes an update made
+    /// since the last [`decay`](Stats::decay). A batch added before a decay now weighs γ
+    /// there, and retracting it removes more than it left.
     ///
     /// # Errors
-    /// A malformed batch, or one holding a class (or more samples of it) than the current
-    /// task segment has; the state is then untouched.
+    /// A malformed batch, or one holding a class (or more samples or weight of it) than the
+    /// current task segment has; the state is then untouched.
     ///
     /// # Examples
     /// ```
@@ -582,6 +734,13 @@ impl Stats {
                         retracting,
                     });
                 }
+                Some(c) if c.weight < retracting as f64 * (1.0 - WEIGHT_REL_TOL) => {
+                    return Err(RetractError::TooLittleWeight {
+                        class,
+                        weight: c.weight,
+                        retracting,
+                    });
+                }
                 Some(_) => {}
             }
         }
@@ -592,12 +751,52 @@ impl Stats {
         prepared.fill(features, labels, self.dim, self.precision, self.threads);
         prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
         self.scratch.prepared = prepared;
-        self.task.classes.retain(|_, c| c.count > 0);
-        if self.task.n == 0 {
-            // Nothing left: drop the rounding residue too.
-            self.task.clear();
-        }
+        self.task.drop_emptied();
         self.version = next_version();
+        Ok(())
+    }
+
+    /// Multiplies every accumulated sum and weight, in both segments, by `gamma` in (0, 1]:
+    /// a forgetting factor. After `decay(γ)` and more updates, a solve weighs every earlier
+    /// sample by γ and every later one by 1, exactly as recursive least squares with
+    /// forgetting does; repeated decays multiply. Means (class sums over class weights) and
+    /// G/N are unchanged by a decay alone. Costs O(d² + C·d).
+    ///
+    /// # Errors
+    /// [`DecayError::Factor`] for γ outside (0, 1] (or NaN); [`DecayError::Underflow`] if a
+    /// class's weight would fall below [`MIN_WEIGHT`]. The state is then untouched.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::stats::{Scope, Stats};
+    /// let mut s = Stats::new(1);
+    /// s.update(&[2.0f32], &[0])?;    // an old sample
+    /// s.decay(0.25)?;
+    /// s.update(&[6.0f32], &[0])?;    // a new one, weight 1
+    /// let (w, sum) = s.class_sum(0, Scope::All).unwrap();
+    /// assert_eq!((w, sum[0] / w), (1.25, (0.25 * 2.0 + 6.0) / 1.25));
+    /// assert!(s.decay(1.5).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decay(&mut self, gamma: f64) -> Result<(), DecayError> {
+        if !(gamma > 0.0 && gamma <= 1.0) {
+            return Err(DecayError::Factor { gamma });
+        }
+        let lightest = self
+            .before
+            .classes
+            .iter()
+            .chain(&self.task.classes)
+            .map(|(&id, c)| (id, c.weight * gamma))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((class, weight)) = lightest.filter(|&(_, w)| w < MIN_WEIGHT) {
+            return Err(DecayError::Underflow { gamma, class, weight });
+        }
+        if gamma < 1.0 {
+            self.before.scale(gamma);
+            self.task.scale(gamma);
+            self.version = next_version();
+        }
         Ok(())
     }
 
@@ -665,24 +864,25 @@ impl Stats {
         g
     }
 
-    /// The number of samples and the sum Σ x over `scope`.
-    pub fn sum(&self, scope: Scope) -> (u64, Vec<f64>) {
+    /// The sample weight N and the sum Σ x over `scope`.
+    pub fn sum(&self, scope: Scope) -> (f64, Vec<f64>) {
         let mut sum = vec![0.0; self.dim];
-        let mut n = 0;
+        let mut n = 0.0;
         for seg in self.segments(scope == Scope::Task) {
-            n += seg.n;
+            n += seg.weight;
             sum.iter_mut().zip(&seg.sum).for_each(|(a, b)| *a += b);
         }
         (n, sum)
     }
 
-    /// The count and sum of class `id` over `scope`, or `None` if it has no samples there.
-    pub fn class_sum(&self, id: i64, scope: Scope) -> Option<(u64, Vec<f64>)> {
-        let mut out: Option<(u64, Vec<f64>)> = None;
+    /// The weight and sum of class `id` over `scope` (the class mean is their ratio), or
+    /// `None` if it has no samples there.
+    pub fn class_sum(&self, id: i64, scope: Scope) -> Option<(f64, Vec<f64>)> {
+        let mut out: Option<(f64, Vec<f64>)> = None;
         for seg in self.segments(scope == Scope::Task) {
             if let Some(c) = seg.classes.get(&id) {
-                let (n, sum) = out.get_or_insert_with(|| (0, vec![0.0; self.dim]));
-                *n += c.count;
+                let (n, sum) = out.get_or_insert_with(|| (0.0, vec![0.0; self.dim]));
+                *n += c.weight;
                 sum.iter_mut().zip(&c.sum).for_each(|(a, b)| *a += b);
             }
         }
