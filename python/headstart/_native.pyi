@@ -29,10 +29,18 @@ class Stats:
         """Adds another state's statistics (exact)."""
     def begin_task(self) -> None:
         """Marks a task boundary for `solve(scope="task")`."""
+    def decay(self, gamma: float) -> None:
+        """Multiplies every sum and weight by gamma in (0, 1] (a forgetting factor); ValueError
+        for gamma outside (0, 1] or a weight that would fall below 1e-9, with no change."""
     @property
     def n(self) -> int: ...
     @property
     def task_n(self) -> int: ...
+    @property
+    def weight(self) -> float:
+        """The total sample weight solves divide by: `n` until a `decay`."""
+    @property
+    def task_weight(self) -> float: ...
     @property
     def dim(self) -> int: ...
     @property
@@ -44,6 +52,7 @@ class Stats:
     @property
     def task_classes(self) -> list[int]: ...
     def class_count(self, id: int) -> int: ...
+    def class_weight(self, id: int) -> float: ...
     def copy(self) -> Stats: ...
     def save(self, path: _Path) -> None:
         """Writes the CLI's state file format (.hs), atomically."""

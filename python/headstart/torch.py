@@ -396,11 +396,14 @@ def all_reduce(stats: Stats, group=None) -> Stats:
         if seg["n"] >= 2**53:
             raise ValueError("all_reduce: more than 2^53 samples cannot travel exactly as float64")
         counts = np.zeros(k)
+        weights = np.zeros(k)
         sums = np.zeros((k, dim))
         for row, cid in enumerate(seg["class_ids"]):
             counts[slot[int(cid)]] = seg["class_counts"][row]
+            weights[slot[int(cid)]] = seg["class_weights"][row]
             sums[slot[int(cid)]] = seg["class_sums"][row]
-        pieces += [np.array([seg["n"]], dtype=np.float64), seg["gram_lower"], seg["sum"], counts, sums.ravel()]
+        head = np.array([seg["n"], seg["weight"]], dtype=np.float64)
+        pieces += [head, seg["gram_lower"], seg["sum"], counts, weights, sums.ravel()]
     flat = torch.from_numpy(np.concatenate(pieces))
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
     flat = flat.to(device)
@@ -418,17 +421,20 @@ def all_reduce(stats: Stats, group=None) -> Stats:
         return flat[at - n : at]
 
     for s in _SEGMENTS:
-        n = int(round(take(1)[0]))
+        n, weight = take(2)
         gram, total = take(tri).copy(), take(dim).copy()
         counts = np.rint(take(k)).astype(np.uint64)
+        weights = take(k).copy()
         sums = take(k * dim).reshape(k, dim)
         present = counts > 0
         out[s] = {
-            "n": n,
+            "n": int(round(n)),
+            "weight": float(weight),
             "gram_lower": gram,
             "sum": total,
             "class_ids": np.array(union, dtype=np.int64)[present],
             "class_counts": counts[present],
+            "class_weights": weights[present],
             "class_sums": sums[present].copy(),
         }
     return Stats._from_parts(out)

@@ -480,10 +480,30 @@ impl PyStats {
         self.with_state(py, |state| state.begin_task());
     }
 
-    /// Samples N.
+    /// Multiplies every accumulated sum and weight by `gamma` in (0, 1]: a forgetting
+    /// factor. Samples added later weigh 1, earlier ones γ (repeated decays multiply), as in
+    /// recursive least squares with forgetting. Raises ValueError (changing nothing) for γ
+    /// outside (0, 1] or a weight that would fall below 1e-9.
+    fn decay(&self, py: Python<'_>, gamma: f64) -> PyResult<()> {
+        self.with_state(py, |state| state.decay(gamma).map_err(value_error))
+    }
+
+    /// Samples N accumulated (added minus retracted), however decayed.
     #[getter]
     fn n(&self, py: Python<'_>) -> u64 {
         self.quick(py, |s| s.samples())
+    }
+
+    /// The total sample weight that solves divide by: `n` until a `decay`.
+    #[getter]
+    fn weight(&self, py: Python<'_>) -> f64 {
+        self.quick(py, |s| s.weight())
+    }
+
+    /// The sample weight since the last task boundary.
+    #[getter]
+    fn task_weight(&self, py: Python<'_>) -> f64 {
+        self.quick(py, |s| s.task_weight())
     }
 
     /// Samples since the last task boundary.
@@ -536,6 +556,11 @@ impl PyStats {
     /// Samples of class `id` (0 if never seen).
     fn class_count(&self, py: Python<'_>, id: i64) -> u64 {
         self.quick(py, |s| s.class_count(id))
+    }
+
+    /// The weight of class `id` (0.0 if never seen): its count until a `decay`.
+    fn class_weight(&self, py: Python<'_>, id: i64) -> f64 {
+        self.quick(py, |s| s.class_weight(id))
     }
 
     /// An independent copy.
@@ -667,13 +692,16 @@ impl PyStats {
         for (name, seg) in [("before", &parts.before), ("task", &parts.task)] {
             let d = PyDict::new(py);
             d.set_item("n", seg.n)?;
+            d.set_item("weight", seg.weight)?;
             d.set_item("gram_lower", PyArray1::from_slice(py, &seg.gram_lower))?;
             d.set_item("sum", PyArray1::from_slice(py, &seg.sum))?;
             let ids: Vec<i64> = seg.classes.iter().map(|c| c.0).collect();
             let counts: Vec<u64> = seg.classes.iter().map(|c| c.1).collect();
-            let sums: Vec<f64> = seg.classes.iter().flat_map(|c| c.2.iter().copied()).collect();
+            let weights: Vec<f64> = seg.classes.iter().map(|c| c.2).collect();
+            let sums: Vec<f64> = seg.classes.iter().flat_map(|c| c.3.iter().copied()).collect();
             d.set_item("class_ids", PyArray1::from_vec(py, ids))?;
             d.set_item("class_counts", PyArray1::from_vec(py, counts))?;
+            d.set_item("class_weights", PyArray1::from_vec(py, weights))?;
             d.set_item(
                 "class_sums",
                 PyArray1::from_vec(py, sums).reshape([seg.classes.len(), parts.dim as usize])?,
@@ -684,6 +712,7 @@ impl PyStats {
     }
 
     /// Rebuilds a state from `_parts` output (every length, count and value is checked).
+    /// Parts without weights (`weight`, `class_weights`) are undecayed: weights = counts.
     #[staticmethod]
     fn _from_parts(parts: &Bound<'_, PyDict>) -> PyResult<Self> {
         fn get<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -705,25 +734,36 @@ impl PyStats {
             let counts: Vec<u64> = contiguous(&get(seg, "class_counts")?, "uint64")?
                 .call_method0("ravel")?
                 .extract()?;
+            let weights: Vec<f64> = match seg.get_item("class_weights")? {
+                Some(w) => contiguous(&w, "float64")?.call_method0("ravel")?.extract()?,
+                None => counts.iter().map(|&c| c as f64).collect(),
+            };
             let sums = vector("class_sums")?;
             let d = dim as usize;
-            if ids.len() != counts.len() || sums.len() != ids.len() * d {
+            if ids.len() != counts.len() || weights.len() != ids.len() || sums.len() != ids.len() * d {
                 return Err(value_error(format!(
-                    "parts: {name}: {} class ids, {} counts and {} sum values do not match dimension {d}",
+                    "parts: {name}: {} class ids, {} counts, {} weights and {} sum values do not match dimension {d}",
                     ids.len(),
                     counts.len(),
+                    weights.len(),
                     sums.len()
                 )));
             }
+            let n: u64 = get(seg, "n")?.extract()?;
             Ok(SegmentParts {
-                n: get(seg, "n")?.extract()?,
+                n,
+                weight: match seg.get_item("weight")? {
+                    Some(w) => w.extract()?,
+                    None => n as f64,
+                },
                 gram_lower: vector("gram_lower")?,
                 sum: vector("sum")?,
                 classes: ids
                     .into_iter()
                     .zip(counts)
+                    .zip(weights)
                     .zip(sums.chunks(d.max(1)))
-                    .map(|((id, count), s)| (id, count, s.to_vec()))
+                    .map(|(((id, count), weight), s)| (id, count, weight, s.to_vec()))
                     .collect(),
             })
         };

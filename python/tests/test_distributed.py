@@ -34,6 +34,8 @@ def worker(rank, world, rendezvous, out_dir):
     s.update(x[: len(y) // 2], y[: len(y) // 2])
     if rank == 0:
         s.begin_task()
+    if rank == 1:
+        s.decay(0.5)  # weights other than counts must travel too
     s.update(x[len(y) // 2 :], y[len(y) // 2 :])
     merged = all_reduce(s)
     merged.save(os.path.join(out_dir, f"rank{rank}.hs"))
@@ -55,6 +57,8 @@ def test_all_reduce_gives_every_rank_the_statistics_of_all_data(tmp_path, world)
         part.update(x[:half], y[:half])
         if rank == 0:
             part.begin_task()
+        if rank == 1:
+            part.decay(0.5)
         part.update(x[half:], y[half:])
         single.merge(part)
     heads = []
@@ -62,8 +66,10 @@ def test_all_reduce_gives_every_rank_the_statistics_of_all_data(tmp_path, world)
         got = headstart.Stats.load(tmp_path / f"rank{rank}.hs")
         assert got.n == single.n and got.classes == single.classes and got.tasks_begun == 1
         assert got.task_n == single.task_n
+        assert abs(got.weight - single.weight) < 1e-9 * single.weight
         for c in single.classes:
             assert got.class_count(c) == single.class_count(c)
+            assert abs(got.class_weight(c) - single.class_weight(c)) < 1e-9 * single.class_weight(c)
         heads.append(got.solve(lam=0.01))
     reference = single.solve(lam=0.01)
     worst = max(np.abs(h.weight - reference.weight).max() / np.abs(reference.weight).max() for h in heads)

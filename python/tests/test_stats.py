@@ -398,3 +398,41 @@ def test_headstart_imports_without_pyarrow():
         "assert 'headstart._arrow' not in sys.modules and 'ray' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def weighted_nc_reference(x, y, w, classes, lam):
+    """The nc head of weighted rows: every sum and count weighted by the row's weight."""
+    x = np.asarray(x, dtype=np.float64)
+    n_w = w.sum()
+    means = np.stack([(w[y == k, None] * x[y == k]).sum(axis=0) / w[y == k].sum() for k in classes])
+    a = (w[:, None] * x).T @ x / n_w + lam * np.eye(x.shape[1])
+    wt = np.linalg.solve(a, means.T).T / len(classes)
+    mu = (w[:, None] * x).sum(axis=0) / n_w
+    return wt, 1.0 / len(classes) - wt @ mu
+
+
+def test_decay_equals_a_weighted_solve_and_bad_factors_change_nothing(data):
+    x, y = data
+    s = stats_of(x[:200], y[:200])
+    s.decay(0.5)
+    s.update(x[200:400], y[200:400])
+    s.decay(0.25)
+    s.update(x[400:], y[400:])
+    w = np.concatenate([np.full(200, 0.125), np.full(200, 0.25), np.ones(200)])
+    assert s.n == 600 and abs(s.weight - w.sum()) < 1e-9
+    for k in sorted(set(y.tolist())):
+        assert abs(s.class_weight(k) - w[y == k].sum()) < 1e-9
+    classes = sorted(set(y.tolist()))
+    head = s.solve(lam=0.01)
+    want_w, want_b = weighted_nc_reference(x, y, w, classes, 0.01)
+    assert rel_err(head.weight, want_w) < SOLVE_TOL
+    assert rel_err(head.bias, want_b) < SOLVE_TOL
+    # Weights survive the parts (the torch all-reduce) and the state file.
+    assert headstart.Stats._from_parts(s._parts()) == s
+    assert headstart.Stats.from_bytes(s.to_bytes()).weight == s.weight
+    before = s.copy()
+    for bad in [0.0, 1.5, -0.1, float("nan"), float("inf")]:
+        with pytest.raises(ValueError, match="decay"):
+            s.decay(bad)
+    assert s.class_weight(77) == 0.0 and s.class_count(77) == 0
+    assert s == before and s.weight == before.weight
