@@ -81,8 +81,9 @@ class RowInit:
     "stats". `loss_before` / `loss_after`: the layer's mean cross-entropy over the `active`
     classes on the calibration sample at scale 1 and at the fitted scale (None without
     calibration). `samples`: the calibration sample's size. `at_bound`: the fit stopped at
-    the largest scale allowed (`max_logit`): the sample alone would push the new rows' logits
-    higher still.
+    the largest scale allowed (the typical-confidence bound or `max_logit`): the sample alone
+    would push the new rows' logits higher still. `margin_bound`: the old rows' median margin
+    on their own classes that bounded the new rows' (None where none was measured).
     """
 
     rows: torch.Tensor
@@ -92,6 +93,7 @@ class RowInit:
     loss_after: Optional[float] = None
     samples: int = 0
     at_bound: bool = False
+    margin_bound: Optional[float] = None
 
 
 def init_rows(
@@ -105,6 +107,8 @@ def init_rows(
     stats_samples: int = 4096,
     stats_scope: Union[str, dict] = "task",
     seed: int = 0,
+    bound: str = "typical",
+    reference: Optional[Stats] = None,
 ) -> RowInit:
     """Writes the head's rows into `linear` at the rows given by its class ids, in place, and
     returns a `RowInit`.
@@ -133,10 +137,18 @@ def init_rows(
       {class id: weight} draws those classes in proportion to the weights (e.g. the shares
       of a batch that mixes replayed old classes with new ones).
     - `active`: the layer rows in the softmax (default: every row).
-    - `max_logit`: the fitted scale keeps every new-row logit on the sample within max_logit of
-      the largest old-row logit magnitude there (a sample the new rows separate perfectly would
-      otherwise push the scale to infinity; long-trained old rows can be very confident, so the
-      cap follows them).
+    - `bound="typical"` (the default): the new rows may be as confident on their classes as
+      the old rows typically are on theirs, and no more. The bound is the old rows' median
+      margin (true logit minus the log-sum-exp of the other old rows' logits) on their own
+      classes, measured on draws from `reference` (a `headstart.Stats`; default: `calibrate`
+      when it is one) or on the sample's rows of old classes (replay); the fitted scale is
+      lowered until the new rows' median margin on the sample is at most that. A sample the
+      new rows separate perfectly would otherwise push the scale to infinity, and a bound on
+      the largest old logit grows with every task trained on confident rows; the median
+      margin follows what training reaches on old data, not the extremes. Where neither
+      source holds an old class, only `max_logit` applies. `bound="max_logit"`: only it.
+    - `max_logit`: every new-row logit on the sample stays within max_logit of the largest
+      old-row logit magnitude there (always applied; the typical bound is usually tighter).
     - `norm="match"` scales each new row (and its bias) to the median norm of the rows this
       call does not touch (off by default; `docs/results.md` shows it hurts).
 
@@ -152,6 +164,10 @@ def init_rows(
             raise ValueError(f"stats_scope: class weights must be finite, non-negative and not all zero, got {bad[:4] or stats_scope}")
     elif stats_scope not in ("all", "task"):
         raise ValueError(f"stats_scope must be 'all', 'task' or a dict of class weights, got {stats_scope!r}")
+    if bound not in ("typical", "max_logit"):
+        raise ValueError(f"bound must be 'typical' or 'max_logit', got {bound!r}")
+    if reference is not None and not isinstance(reference, Stats):
+        raise ValueError(f"reference must be a headstart.Stats, got {type(reference).__name__}")
     if norm == "match" and calibrate is not None:
         raise ValueError("norm='match' and calibrate set the scale two ways; choose one")
     weight, bias, ids = _as_tensors(head)
@@ -187,14 +203,86 @@ def init_rows(
             logits = _sample_logits(linear, weight, bias, ids, active_rows, x, y)
             source = "sample"
         scale, before, after, at_bound = fit_scale(*logits, max_logit)
+        margin = None
+        if bound == "typical":
+            margin = _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, stats_samples, seed)
+            if margin is not None:
+                capped = _cap_to_margin(*logits, scale, margin)
+                if capped < scale:
+                    scale, at_bound = capped, True
+                    after = _mean_ce(*logits, scale)
         weight, bias = weight * scale, bias * scale
-        result = RowInit(ids, scale, source, before, after, len(logits[2]), at_bound)
+        result = RowInit(ids, scale, source, before, after, len(logits[2]), at_bound, margin)
     index = ids.to(linear.weight.device)
     with torch.no_grad():
         linear.weight[index] = weight.to(linear.weight)
         if linear.bias is not None:
             linear.bias[index] = bias.to(linear.bias)
     return result
+
+
+def _margins(fixed: np.ndarray, fresh: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:
+    """Per sample: the true column's logit minus the log-sum-exp of the other columns'."""
+    logits = np.concatenate([fixed, scale * fresh], axis=1)
+    rows = np.arange(len(targets))
+    true = logits[rows, targets]
+    logits[rows, targets] = -np.inf
+    top = logits.max(axis=1, keepdims=True)
+    rest = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return true - rest
+
+
+def _mean_ce(fixed, fresh, targets, scale: float) -> float:
+    """The mean cross-entropy over [fixed | scale · fresh]."""
+    logits = np.concatenate([fixed, scale * fresh], axis=1)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float(np.mean(lse - logits[np.arange(len(targets)), targets]))
+
+
+def _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, n: int, seed: int):
+    """The old rows' median margin on their own classes, among the old rows only: from draws
+    of the old classes of `reference` (or of `calibrate` when it is a Stats), else from the
+    sample's old-class rows. None where there is no old class (or only one old row)."""
+    fixed, _, targets = logits
+    if fixed.shape[1] < 2:
+        return None
+    stats = reference if reference is not None else (calibrate if isinstance(calibrate, Stats) else None)
+    if stats is not None:
+        old_ids = set(active_rows.tolist()) - set(ids.tolist())
+        held = {c: stats.class_weight(c) for c in stats.classes if c in old_ids}
+        held = {c: w for c, w in held.items() if w > 0}
+        if held:
+            if stats.dim != linear.in_features:
+                raise ValueError(f"reference: the statistics have {stats.dim} features but the layer takes {linear.in_features}")
+            old_fixed, _, old_targets = _stats_logits(stats, linear, weight, bias, ids, active_rows, n, held, seed + 1)
+            return float(np.median(_margins(old_fixed, np.zeros((len(old_targets), 0)), old_targets, 1.0)))
+    mine = targets < fixed.shape[1]
+    if mine.any():
+        return float(np.median(_margins(fixed[mine], np.zeros((int(mine.sum()), 0)), targets[mine], 1.0)))
+    return None
+
+
+def _cap_to_margin(fixed, fresh, targets, scale: float, margin: float) -> float:
+    """The largest scale at most `scale` whose median margin on the sample's new-class rows is
+    at most `margin` (bisection on ln scale; `scale` itself if it already is)."""
+    new = targets >= fixed.shape[1]
+    if not new.any():
+        return scale
+    f, v, t = fixed[new], fresh[new], targets[new]
+    median = lambda a: float(np.median(_margins(f, v, t, a)))  # noqa: E731
+    if median(scale) <= margin:
+        return scale
+    lo, hi = np.log(min(1e-6, scale)), np.log(scale)
+    if median(np.exp(lo)) > margin:
+        return float(np.exp(lo))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if median(np.exp(mid)) > margin:
+            hi = mid
+        else:
+            lo = mid
+    return float(np.exp(lo))
 
 
 def _active_rows(active, out_features: int, ids: torch.Tensor) -> torch.Tensor:
@@ -280,18 +368,19 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
     dim = int(parts["dim"])
     if dim != linear.in_features:
         raise ValueError(f"calibrate: the statistics have {dim} features but the layer takes {linear.in_features}")
+    # Weights, not counts: after a decay the sums are weighted and divide by the weights.
     packed = 0.0
     counts, sums, recent = {}, {}, {}
-    total = 0
+    total = 0.0
     for segment in _SEGMENTS:
         seg = parts[segment]
         packed = packed + seg["gram_lower"]
-        total += int(seg["n"])
-        for cid, count, s in zip(seg["class_ids"], seg["class_counts"], seg["class_sums"]):
-            counts[int(cid)] = counts.get(int(cid), 0) + int(count)
+        total += float(seg["weight"])
+        for cid, held, s in zip(seg["class_ids"], seg["class_weights"], seg["class_sums"]):
+            counts[int(cid)] = counts.get(int(cid), 0.0) + float(held)
             sums[int(cid)] = sums.get(int(cid), 0) + s
             if segment == "task":
-                recent[int(cid)] = int(count)
+                recent[int(cid)] = float(held)
     if isinstance(scope, dict):
         weights = {int(c): float(v) for c, v in scope.items() if int(c) in counts}
     else:

@@ -1,5 +1,7 @@
 """headstart.torch: rows into nn.Linear, growing heads, head files. Skipped without torch."""
 
+import copy
+
 import numpy as np
 import pytest
 from conftest import make_data, rel_err
@@ -251,3 +253,46 @@ def test_statistics_draws_follow_given_class_weights():
     for bad in ({0: -1.0}, {0: 0.0}, {0: float("nan")}):
         with pytest.raises(ValueError, match="class weights"):
             init_rows(fc, head, calibrate=stats, stats_scope=bad)
+
+
+def margins_by_hand(logits, targets):
+    """True logit minus the log-sum-exp of the other columns, sample by sample."""
+    out = []
+    for row, t in zip(logits, targets):
+        others = np.delete(row, t)
+        out.append(row[t] - (others.max() + np.log(np.exp(others - others.max()).sum())))
+    return np.array(out)
+
+
+def test_the_typical_bound_holds_new_rows_to_the_old_rows_median_margin():
+    fc, x, y, stats, head = calibration_case()
+    new = np.isin(y, [1, 3])
+    old = ~new
+    active = [0, 1, 2, 3]
+    # A sample of the new classes alone: the LS rows separate it, so only a bound stops the fit.
+    sample = (x[new][:200], y[new][:200])
+    loose = init_rows(copy.deepcopy(fc), head, calibrate=sample, active=active, bound="max_logit")
+    tight = init_rows(copy.deepcopy(fc), head, calibrate=sample, active=active, reference=stats)
+    assert loose.margin_bound is None and tight.margin_bound is not None
+    assert tight.at_bound and tight.scale < loose.scale
+    # The bound by hand: the old rows' median margin among the old rows on old-class data
+    # (the statistics' draws estimate it; the raw old-class rows give it directly).
+    w, b = fc.weight.detach().double().numpy(), fc.bias.detach().double().numpy()
+    by_hand = np.median(margins_by_hand((x[old] @ w.T + b)[:, [0, 2]], (y[old] == 2).astype(int)))
+    assert abs(tight.margin_bound - by_hand) < 0.1 * abs(by_hand) + 0.05, (tight.margin_bound, by_hand)
+    # At the fitted scale, the new rows' median margin on the sample equals the bound.
+    w2, b2 = w.copy(), b.copy()
+    w2[[1, 3]], b2[[1, 3]] = tight.scale * head.weight, tight.scale * head.bias
+    col = {c: k for k, c in enumerate(active)}
+    got = np.median(margins_by_hand((sample[0] @ w2.T + b2)[:, active], np.array([col[int(v)] for v in sample[1]])))
+    assert abs(got - tight.margin_bound) < 1e-6 * max(1.0, abs(got)), (got, tight.margin_bound)
+    # The sample's own old-class rows give the bound when no statistics are at hand.
+    mixed = (x[:300], y[:300])
+    own = init_rows(copy.deepcopy(fc), head, calibrate=mixed, active=active)
+    keep = ~np.isin(y[:300], [1, 3])
+    want = np.median(margins_by_hand((x[:300][keep] @ w.T + b)[:, [0, 2]], (y[:300][keep] == 2).astype(int)))
+    assert abs(own.margin_bound - want) < 1e-9
+    with pytest.raises(ValueError, match="bound must be"):
+        init_rows(copy.deepcopy(fc), head, calibrate=stats, active=active, bound="largest")
+    with pytest.raises(ValueError, match="reference must be"):
+        init_rows(copy.deepcopy(fc), head, calibrate=sample, active=active, reference=sample)
