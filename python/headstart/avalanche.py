@@ -104,6 +104,13 @@ class HeadstartPlugin(SupervisedPlugin):
             a training backbone drift, so statistics taken under its earlier weights describe
             features it no longer produces (docs/results.md, "With Avalanche", measures how
             much that costs).
+        decay: a forgetting factor γ in (0, 1], or None (the default). Given, the statistics
+            persist across experiences and are multiplied by γ (`Stats.decay`) before each new
+            experience is streamed: the statistics of an older backbone fade instead of being
+            dropped, so old classes stay in them (for `scope="all"` and for the calibration's
+            bound on the old rows' typical confidence). It is an alternative to
+            `persist=False` (which rebuilds); `persist=False` with `decay` is refused. With a
+            training backbone, `calibrate="auto"` then calibrates ("stats").
         batch_size: mini-batch size for streaming (default: the larger of the strategy's
             `train_mb_size` and `eval_mb_size`, at least 64).
         max_logit: the calibration's bound, see `init_rows`.
@@ -145,6 +152,7 @@ class HeadstartPlugin(SupervisedPlugin):
         calibrate: Union[str, bool] = "auto",
         calibrate_samples: int = 4096,
         persist: Union[bool, str] = "auto",
+        decay: Optional[float] = None,
         batch_size: Optional[int] = None,
         max_logit: float = 30.0,
         progress: Optional[bool] = None,
@@ -166,6 +174,12 @@ class HeadstartPlugin(SupervisedPlugin):
             raise ValueError(f"calibrate_samples must be at least 1, got {calibrate_samples}")
         if persist not in (True, False, "auto"):
             raise ValueError(f"persist must be True, False or 'auto', got {persist!r}")
+        if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0.0 < float(decay) <= 1.0):
+                raise ValueError(f"decay must be a number in (0, 1] or None, got {decay!r}")
+            if persist is False:
+                raise ValueError("decay keeps the statistics across experiences (fading them); persist=False rebuilds them: choose one")
+            decay = float(decay)
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         if batch_size is not None and int(batch_size) < 1:
@@ -177,6 +191,7 @@ class HeadstartPlugin(SupervisedPlugin):
         self.calibrate = calibrate or False
         self.calibrate_samples = int(calibrate_samples)
         self.persist = persist
+        self.decay = decay
         self.batch_size = batch_size
         self.max_logit = max_logit
         self.progress = progress
@@ -253,9 +268,9 @@ class HeadstartPlugin(SupervisedPlugin):
             self.history.append(record)
             return
         trains = self._backbone_trains(strategy)
-        persist = self.persist if self.persist != "auto" else not trains
+        persist = True if self.decay is not None else (self.persist if self.persist != "auto" else not trains)
         record.persisted = persist
-        calibrate = self.calibrate if self.calibrate != "auto" else (False if trains else "stats")
+        calibrate = self.calibrate if self.calibrate != "auto" else (False if trains and self.decay is None else "stats")
         before, was_persistent = self.stats, self._persistent
         # Statistics rebuilt for one experience (older backbone weights, replayed samples) are
         # not a base to persist from.
@@ -263,6 +278,8 @@ class HeadstartPlugin(SupervisedPlugin):
             self.stats = Stats(layer.in_features, threads=self.threads)
         else:
             self.stats = self.stats.copy()  # a failure part-way must leave the statistics as they were
+            if self.decay is not None:
+                self.stats.decay(self.decay)
         self.stats.begin_task()
         streamed = time.perf_counter()
         try:
@@ -381,6 +398,7 @@ class HeadstartPlugin(SupervisedPlugin):
             stats_samples=self.calibrate_samples,
             stats_scope=mix.weights(),
             seed=self.seed + index,
+            reference=self.stats,
         )
         record.new_classes = list(new)
         record.lam = head.lam

@@ -352,6 +352,27 @@ def test_a_training_backbone_rebuilds_statistics_and_skips_calibration(split):
     assert [h.init.source for h in plugin.history] == ["stats"] * 3
 
 
+def test_decay_fades_the_statistics_of_a_training_backbone_and_calibrates(split):
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
+    _, _, _, plugin = run(split, Naive, plugin_options={"decay": 0.5}, backbone=hidden, experiences=3)
+    assert [h.persisted for h in plugin.history] == [True] * 3
+    assert [h.init.source for h in plugin.history] == ["stats"] * 3
+    # Every experience's samples weigh half as much as the next one's: 0.25, 0.5, 1.
+    sizes = [h.samples for h in plugin.history]
+    assert plugin.stats.n == sum(sizes)
+    assert abs(plugin.stats.weight - (0.25 * sizes[0] + 0.5 * sizes[1] + sizes[2])) < 1e-9
+    first = sorted(ORDER[:2])
+    assert abs(plugin.stats.class_weight(first[0]) - 0.25 * plugin.stats.class_count(first[0])) < 1e-9
+    # The old rows' typical confidence bounded the new rows from the second experience on.
+    assert plugin.history[0].init.margin_bound is None
+    assert all(h.init.margin_bound is not None for h in plugin.history[1:])
+    for bad in [0, 1.5, -1, float("nan"), "0.5", True]:
+        with pytest.raises(ValueError, match="decay must be"):
+            HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), decay=bad)
+    with pytest.raises(ValueError, match="choose one"):
+        HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), decay=0.9, persist=False)
+
+
 def test_the_calibration_mix_follows_the_replay_batch():
     from headstart.avalanche import _Mix
 
