@@ -269,14 +269,29 @@ def _cap_to_margin(fixed, fresh, targets, scale: float, margin: float) -> float:
     new = targets >= fixed.shape[1]
     if not new.any():
         return scale
-    f, v, t = fixed[new], fresh[new], targets[new]
-    median = lambda a: float(np.median(_margins(f, v, t, a)))  # noqa: E731
+    # The old columns' log-sum-exp does not depend on the scale: computed once.
+    f, v = fixed[new], fresh[new].copy()
+    cols = targets[new] - fixed.shape[1]
+    rows = np.arange(len(cols))
+    fixed_lse = np.full(len(cols), -np.inf)
+    if f.shape[1]:
+        top = f.max(axis=1)
+        fixed_lse = top + np.log(np.exp(f - top[:, None]).sum(axis=1))
+    true = v[rows, cols].copy()
+    v[rows, cols] = -np.inf
+
+    def median(a: float) -> float:
+        others = a * v
+        top = np.maximum(others.max(axis=1), fixed_lse)
+        rest = top + np.log(np.exp(others - top[:, None]).sum(axis=1) + np.exp(fixed_lse - top))
+        return float(np.median(a * true - rest))
+
     if median(scale) <= margin:
         return scale
     lo, hi = np.log(min(1e-6, scale)), np.log(scale)
     if median(np.exp(lo)) > margin:
         return float(np.exp(lo))
-    for _ in range(60):
+    for _ in range(40):  # the bracket, at most ~30 wide in ln, shrinks below 1e-10
         mid = 0.5 * (lo + hi)
         if median(np.exp(mid)) > margin:
             hi = mid

@@ -296,3 +296,66 @@ def test_the_typical_bound_holds_new_rows_to_the_old_rows_median_margin():
         init_rows(copy.deepcopy(fc), head, calibrate=stats, active=active, bound="largest")
     with pytest.raises(ValueError, match="reference must be"):
         init_rows(copy.deepcopy(fc), head, calibrate=sample, active=active, reference=sample)
+
+
+def test_ten_experiences_with_a_trained_layer_keep_the_logit_scale_and_beat_random_rows():
+    # Class-incremental training of a hidden ReLU layer and a head over 10 experiences of 2
+    # classes, rehearsal-free. At every switch the default start (LS rows from decayed
+    # statistics of the current layer's features, calibrated on a sample of the task through the
+    # current layer, bounded by the statistics' old classes) and random
+    # rows are written into copies of the same model state and scored on the same batch.
+    # The new rows' logit scale (their median margin on that batch, computed here by hand)
+    # must stay within 2x of the first switch's: training must not inflate it. The raw factor
+    # on the LS rows is printed too: it also follows the LS rows' norm, which the trained
+    # layer's features change.
+    d, hidden, k = 12, 32, 20
+    x, y = make_data(21, 4000, d, list(range(k)))
+    x, y = torch.from_numpy(x).float(), torch.from_numpy(y)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU())
+    fc = torch.nn.Linear(hidden, k)
+    stats = headstart.Stats(hidden)
+    gen = torch.Generator().manual_seed(1)
+    factors, margins, ratios = [], [], []
+    ce = torch.nn.functional.cross_entropy
+    for t in range(10):
+        new = [2 * t, 2 * t + 1]
+        live = torch.arange(2 * t + 2)
+        mine = torch.isin(y, torch.tensor(new))
+        xt, yt = x[mine], y[mine]
+        with torch.no_grad():
+            h = body(xt).numpy()
+        if t:
+            stats.decay(0.5)
+            stats.begin_task()
+        stats.update(h, yt.numpy())
+        first = torch.randint(0, len(yt), (64,), generator=gen)
+        random_fc = copy.deepcopy(fc)
+        fresh = torch.nn.Linear(hidden, 2)
+        with torch.no_grad():
+            random_fc.weight[new], random_fc.bias[new] = fresh.weight, fresh.bias
+        calib = torch.randint(0, len(yt), (256,), generator=gen)
+        with torch.no_grad():
+            sample = (body(xt[calib]), yt[calib])
+        result = init_rows(fc, stats.solve(classes=new), calibrate=sample, active=live, reference=stats)
+        if t:
+            with torch.no_grad():
+                feats = body(xt[first])
+                logits = fc(feats)[:, live].double().numpy()
+                ratios.append(float(ce(fc(feats)[:, live], yt[first])) / float(ce(random_fc(feats)[:, live], yt[first])))
+            factors.append(result.scale)
+            margins.append(float(np.median(margins_by_hand(logits, yt[first].numpy()))))
+        opt = torch.optim.AdamW([*body.parameters(), *fc.parameters()], lr=1e-2)
+        for _ in range(60):
+            batch = torch.randint(0, len(yt), (64,), generator=gen)
+            loss = ce(fc(body(xt[batch]))[:, live], yt[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    spread = lambda v: max(max(a / v[0], v[0] / a) for a in v)  # noqa: E731
+    print(
+        f"new rows' median margins {np.round(margins, 2)} (spread {spread(margins):.2f}x); factors "
+        f"{np.round(factors, 1)} (spread {spread(factors):.2f}x); loss ratios to random {np.round(ratios, 3)}"
+    )
+    assert min(margins) > 0 and spread(margins) <= 2.0, margins
+    assert max(ratios) <= 1.0, ratios
