@@ -32,6 +32,7 @@ Needs torch, avalanche-lib and the headstart package (`pip install ./python aval
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -73,6 +74,70 @@ class Recorder(SupervisedPlugin):
             self.first = False
 
 
+class Snapshot(SupervisedPlugin):
+    """Placed before HeadstartPlugin: keeps the model's state as the strategy grew it, with the
+    IncrementalClassifier's default rows for the new classes (the start without headstart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.state = copy.deepcopy(strategy.model.state_dict())
+
+
+class Probe(SupervisedPlugin):
+    """Placed after HeadstartPlugin: from the same model state, trains a copy with the default
+    rows (Snapshot's) and a copy with headstart's rows for `iters` iterations on the same
+    batches, and records both loss curves. The batches are the experience's data, plus, when
+    the strategy keeps a replay buffer, half of every batch from the buffer (as Replay mixes
+    them). The strategy's own training and its random stream are untouched."""
+
+    def __init__(self, snapshot: Snapshot, iters: int, batch: int, lr: float, seed: int):
+        super().__init__()
+        self.snapshot, self.iters, self.batch, self.lr, self.seed = snapshot, iters, batch, lr, seed
+        self.curves = []  # per experience from the second: {"random": [...], "headstart": [...]}
+        self.index = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.index += 1
+        if self.index == 1 or self.iters <= 0:
+            return
+        tensors = lambda d: (torch.stack([d[i][0] for i in range(len(d))]), torch.tensor([int(d[i][1]) for i in range(len(d))]))  # noqa: E731
+        xs, ys = tensors(strategy.experience.dataset)
+        buffers = [getattr(getattr(p, "storage_policy", None), "buffer", None) for p in strategy.plugins]
+        buffers = [b for b in buffers if b is not None and len(b) > 0]
+        mem = tensors(buffers[0]) if buffers else None
+        gen = torch.Generator().manual_seed(self.seed * 1000 + self.index)
+        draws = []
+        for _ in range(self.iters + 1):
+            if mem is None:
+                draws.append((xs, ys, torch.randint(0, len(ys), (min(self.batch, len(ys)),), generator=gen)))
+            else:
+                draws.append((xs, ys, torch.randint(0, len(ys), (self.batch // 2,), generator=gen)))
+                draws[-1] = draws[-1] + (mem[0], mem[1], torch.randint(0, len(mem[1]), (self.batch - self.batch // 2,), generator=gen))
+        curves = {}
+        device = next(strategy.model.parameters()).device
+        for start, state in (("random", self.snapshot.state), ("headstart", strategy.model.state_dict())):
+            with torch.random.fork_rng():
+                model = copy.deepcopy(strategy.model)
+                model.load_state_dict(state)
+                model.train()
+                opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=1e-4)
+                losses = []
+                for draw in draws:
+                    bx, by = draw[0][draw[2]], draw[1][draw[2]]
+                    if len(draw) > 3:
+                        bx, by = torch.cat([bx, draw[3][draw[5]]]), torch.cat([by, draw[4][draw[5]]])
+                    loss = torch.nn.functional.cross_entropy(model(bx.to(device)), by.to(device))
+                    losses.append(loss.item())
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            curves[start] = losses
+        self.curves.append(curves)
+
+
 def accuracy(model, x, y, device):
     model.eval()
     with torch.no_grad():
@@ -112,10 +177,12 @@ def run(strategy_name, with_plugin, seed, x, y, args):
     model = torch.nn.Sequential(backbone, classifier).to(args.device)
     recorder = Recorder()
     plugins = [recorder]
-    plugin = None
+    plugin = probe = None
     if with_plugin:
+        snapshot = Snapshot()
         plugin = HeadstartPlugin(backbone, classifier, seed=seed, **args.plugin_options)
-        plugins.append(plugin)
+        probe = Probe(snapshot, args.probe_iters, args.batch, args.lr, seed)
+        plugins += [snapshot, plugin, probe]
     common = dict(
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4),
@@ -162,6 +229,8 @@ def run(strategy_name, with_plugin, seed, x, y, args):
         result["calibration_loss"] = [h.init.loss_after if h.init else None for h in plugin.history]
         result["at_bound"] = [h.init.at_bound if h.init else None for h in plugin.history]
         result["lam"] = [h.lam for h in plugin.history]
+        result["margin_bound"] = [h.init.margin_bound if h.init else None for h in plugin.history]
+        result["probes"] = probe.curves
     return result
 
 
@@ -177,6 +246,8 @@ def summarise(name, results, args, wall):
         f"{len(results[0]['order'])} classes; backbone: {args.head}; AdamW lr {args.lr}, batch {args.batch}, "
         f"{f'{args.iters} iterations (whole epochs)' if args.iters else f'{args.epochs} epochs'} per experience; Replay: {args.replay_per_class} samples per class in memory. "
         f"Plugin: HeadstartPlugin({', '.join(f'{k}={v!r}' for k, v in args.plugin_options.items()) or 'defaults'}). Wall time {wall:.0f} s.",
+        "",
+        "Whole runs (secondary: the runs hold different old rows after the first switch):",
         "",
         "| strategy | plugin | first-batch loss, exp. 2–E | ÷ without | final acc. | Δ acc. vs without (paired) | plugin share of training time |",
         "|---|---|---|---|---|---|---|",
@@ -207,6 +278,47 @@ def summarise(name, results, args, wall):
             f"| {strategy} | with | {mean_std(loss[True])} | **{ratio:.2f}** | {mean_std(final[True])} | "
             f"{delta.mean():+.3f} (min {delta.min():+.3f}) | {100 * np.median(share):.1f}% (max {100 * np.max(share):.1f}%) |"
         )
+    if args.probe_iters > 0:
+        n = args.probe_iters
+        lines += [
+            "",
+            f"From the same state (the primary figure): at every switch of the runs with the plugin, the model state as "
+            f"the strategy grew it is copied twice, one copy keeping the classifier's default rows for the new classes and "
+            f"one taking the plugin's rows; both train {n} iterations on the same batches (the experience's data, half "
+            f"from the replay buffer under Replay).",
+            "",
+            f"| strategy | first-batch loss ÷ default rows' (mean) | worst switch | switches above | ÷ after 10 it. | ÷ after {n} it. | it. default rows need to reach headstart's first loss | scale spread | new-row margin bound |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        sys.path.insert(0, HERE)
+        from class_incremental import iterations_to_reach
+
+        for strategy in STRATEGIES:
+            runs = [r for r in results if r["strategy"] == strategy and r["plugin"]]
+            switches = [c for r in runs for c in r["probes"]]
+            if not switches:
+                continue
+            r0 = [c["headstart"][0] / c["random"][0] for c in switches]
+            r10 = [c["headstart"][10] / c["random"][10] for c in switches if len(c["random"]) > 10]
+            rn = [c["headstart"][n] / c["random"][n] for c in switches]
+            need = [iterations_to_reach(c["random"], c["headstart"][0]) for c in switches]
+            never = sum(v is None for v in need)
+            need = [n + 1 if v is None else v for v in need]
+            spreads = []
+            for r in runs:
+                sc = [v for v in r["scales"][1:] if v]
+                if len(sc) > 1:
+                    spreads.append(max(max(v / sc[0], sc[0] / v) for v in sc))
+            bounds = [b for r in runs for b in r["margin_bound"] if b is not None]
+            figures.setdefault(strategy, {}).update(
+                {"same_state_ratio_mean": float(np.mean(r0)), "same_state_ratio_worst": float(np.max(r0)), "same_state_above": int(sum(v > 1 for v in r0))}
+            )
+            lines.append(
+                f"| {strategy} | **{np.mean(r0):.2f}** | {np.max(r0):.2f} | {sum(v > 1 for v in r0)}/{len(r0)} | "
+                f"{np.mean(r10):.2f} | {np.mean(rn):.2f} | {np.mean(need):.1f}{f' ({never} never in {n})' if never else ''} | "
+                f"{(f'{max(spreads):.2f}×' if spreads else '–')} | {(f'{min(bounds):.1f}–{max(bounds):.1f}' if bounds else '–')} |"
+            )
+        lines += ["", "The whole-run table above compares two different runs (their old rows differ after the first switch): secondary."]
     lines += ["", "Per experience (mean over seeds): first mini-batch loss / accuracy on the classes seen so far.", ""]
     header = "| strategy | plugin | " + " | ".join(f"exp. {k + 1}" for k in range(args.experiences)) + " |"
     lines += [header, "|---|---|" + "---|" * args.experiences]
@@ -260,6 +372,7 @@ def main(argv=None):
     p.add_argument("--head", choices=("linear", "mlp"), default="linear")
     p.add_argument("--hidden", type=int, default=256, help="hidden width with --head mlp")
     p.add_argument("--strategies", default="naive,replay")
+    p.add_argument("--probe-iters", type=int, default=100, help="same-state comparison: iterations from each switch (0: off)")
     p.add_argument(
         "--plugin",
         action="append",

@@ -121,8 +121,37 @@ def init_new_rows(method, fc, new, x_task, y_task, stats, args, live, calib):
     head = stats.solve(lam=args.lam, classes=list(new), scope=scope)
     calibrate = {"ls-cal": calib, "ls-stats": stats, "ls-stats-task": stats}.get(method)
     scope = "task" if method == "ls-stats-task" else "all"
-    result = init_rows(fc, head, norm=args.norm, calibrate=calibrate, active=live, stats_scope=scope)
+    result = init_rows(
+        fc, head, norm=args.norm, calibrate=calibrate, active=live, stats_scope=scope, bound=args.bound, reference=stats
+    )
     return result.scale if calibrate is not None else None
+
+
+def probe(starts, fc, body, new_rows, h_task, y_task, stats, args, live, calib, xs, ys, seed, t):
+    """The same-state comparison at a switch: each start's rows are written into a copy of the
+    one model state (fc, body), which then trains --probe-iters iterations on the same batches
+    (those of the run itself). Returns {start: training losses at iterations 0..probe_iters}
+    (iteration k's loss is the k-th batch's, before its update). The global RNG is left as it
+    was, so probing does not change the run."""
+    curves = {}
+    for start in starts:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed * 7727 + t)  # the random start's rows: the same for every run state
+            fc_p, body_p = copy.deepcopy(fc), copy.deepcopy(body)
+            init_new_rows(start, fc_p, new_rows, h_task, y_task, stats, args, live, calib)
+            params = [fc_p.weight, fc_p.bias, *body_p.parameters()]
+            opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+            gen = torch.Generator().manual_seed(seed * 1000 + t)
+            losses = []
+            for _ in range(args.probe_iters + 1):
+                batch = torch.randint(0, len(ys), (min(args.batch, len(ys)),), generator=gen)
+                loss = torch.nn.functional.cross_entropy(fc_p(body_p(xs[batch]))[:, live], ys[batch])
+                losses.append(loss.item())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            curves[start] = losses
+    return curves
 
 
 def run(method, seed, x, y, args):
@@ -153,6 +182,7 @@ def run(method, seed, x, y, args):
     train_seconds = 0.0
     log["scales"] = []
     log["scale_check"] = []
+    log["probes"] = []  # per switch: {start: losses from the same state}
     for t, new in enumerate(tasks):
         new = [int(c) for c in new]
         for c in new:
@@ -173,12 +203,19 @@ def run(method, seed, x, y, args):
         pick = torch.randint(0, len(ys), (min(args.calib, len(ys)),), generator=torch.Generator().manual_seed(seed * 7919 + t))
         with torch.no_grad():
             calib = (body(xs[pick]), ys[pick])
+        # Every run keeps the statistics (the probes need them); only LS runs are charged.
+        started = time.perf_counter()
+        if t > 0:
+            if args.stats_policy == "rebuild":
+                stats = headstart.Stats(width)
+            elif args.stats_policy.startswith("decay:"):
+                stats.decay(float(args.stats_policy.split(":", 1)[1]))
+            stats.begin_task()
+        stats.update(h_task, y_task)
         if method in LS_METHODS:
-            started = time.perf_counter()
-            if t > 0:
-                stats.begin_task()
-            stats.update(h_task, y_task)
             headstart_seconds += time.perf_counter() - started
+        if t > 0 and args.probe_iters > 0:
+            log["probes"].append(probe(args.probe_list, fc, body, new_rows, h_task, y_task, stats, args, live, calib, xs, ys, seed, t))
         if check:
             # The same layer for features multiplied by S: old weights divided by S.
             S = args.scale_check
@@ -280,6 +317,59 @@ def mean_std(values):
     return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def iterations_to_reach(curve, level, window=5):
+    """The first iteration k whose trailing mean loss (over up to `window` batches) is at most
+    `level`; None if the curve never gets there."""
+    c = np.asarray(curve)
+    for k in range(len(c)):
+        if c[max(0, k - window + 1) : k + 1].mean() <= level:
+            return k
+    return None
+
+
+def same_state(results, args):
+    """Pools the probes of every run and seed: per start, the first-batch loss and the losses
+    after 10 and 100 iterations over random rows' from the same state, and the iterations
+    random rows need from that state to reach the start's first-batch loss."""
+    rows = {}
+    for start in args.probe_list:
+        ratios = {0: [], 10: [], args.probe_iters: []}
+        saved, censored, losses0, switches = [], 0, [], 0
+        for m in args.method_list:
+            for s in sorted(results[m]):
+                for switch in results[m][s]["probes"]:
+                    mine, rand = switch[start], switch["random"]
+                    switches += 1
+                    losses0.append(mine[0])
+                    for k in ratios:
+                        if k < len(mine):
+                            ratios[k].append(mine[k] / rand[k])
+                    need = iterations_to_reach(rand, mine[0])
+                    if need is None:
+                        censored += 1
+                        need = len(rand)
+                    saved.append(need)
+        rows[start] = {
+            "switches": switches,
+            "loss0": float(np.mean(losses0)),
+            "ratio0_mean": float(np.mean(ratios[0])),
+            "ratio0_worst": float(np.max(ratios[0])),
+            "above_random": int(sum(r > 1 for r in ratios[0])),
+            "ratio10_mean": float(np.mean(ratios[10])) if ratios[10] else None,
+            "ratio_end_mean": float(np.mean(ratios[args.probe_iters])) if ratios[args.probe_iters] else None,
+            "random_iters_to_start_loss": float(np.mean(saved)),
+            "censored": censored,
+        }
+    return rows
+
+
+def scale_spread(scales):
+    """The largest factor between a run's fitted scale at any switch and at its first."""
+    if len(scales) < 2 or scales[0] <= 0:
+        return None
+    return max(max(v / scales[0], scales[0] / v) for v in scales if v > 0)
+
+
 def report(name, results, args, out_dir, wall):
     seeds = sorted(results["random"])
     lines = [
@@ -287,8 +377,37 @@ def report(name, results, args, out_dir, wall):
         "",
         f"Command: `python experiments/class_incremental.py {' '.join(args.argv)}`",
         "",
-        "| init | loss at switch | ÷ random's | switches above random's | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | scale | headstart share | switch loss change at features ×S |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    probes = same_state(results, args) if args.probe_iters > 0 else {}
+    if probes:
+        n = args.probe_iters
+        lines += [
+            f"## From the same state (every run's state at every switch; {probes['random']['switches']} switches)",
+            "",
+            f"| start | first-batch loss | ÷ random's (mean) | worst switch | above random's | ÷ random's after 10 it. | ÷ random's after {n} it. | it. random rows need to reach the start's first loss |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for start, r in probes.items():
+            need = f"{r['random_iters_to_start_loss']:.1f}" + (f" ({r['censored']} never in {n})" if r["censored"] else "")
+            tag = " (default)" if start == "ls-stats-task" else ""
+            lines.append(
+                f"| {start}{tag} | {r['loss0']:.3f} | {r['ratio0_mean']:.2f} | {r['ratio0_worst']:.2f} | "
+                f"{r['above_random']}/{r['switches']} | {r['ratio10_mean']:.2f} | {r['ratio_end_mean']:.2f} | {need} |"
+            )
+        lines += [
+            "",
+            "At every switch of every whole run (each start's run, each seed), each start's rows are written into a "
+            "copy of that run's model state, which then trains on the run's own batches. Ratios are per switch, "
+            f"to random rows' loss on the same batch from the same state; 'worst switch' is the largest. The last "
+            f"column: the first iteration at which random rows' trailing 5-batch mean loss reaches the start's "
+            f"first-batch loss (counted as {n + 1} where it never does).",
+            "",
+            "## Whole runs",
+            "",
+        ]
+    lines += [
+        "| init | loss at switch (whole run) | ÷ random's run | switches above random's run | loss after 10 it. | loss after 100 it. | it. to 95% of random's acc. | final acc. | final acc. ≥ random's (seeds) | scale | scale spread | headstart share | switch loss change at features ×S |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     summary = {}
     for m in args.method_list:
@@ -310,6 +429,7 @@ def report(name, results, args, out_dir, wall):
             "headstart_share": [r["headstart_seconds"] / (r["headstart_seconds"] + r["train_seconds"]) for r in runs],
             "scales": [float(np.mean(r["scales"])) if r["scales"] else None for r in runs],
             "scale_check_max": max((v for r in runs for v in r["scale_check"]), default=None),
+            "scale_spread": [scale_spread(r["scales"]) for r in runs],
         }
         random_switch = np.mean([np.mean(results["random"][s_]["switch_loss"]) for s_ in seeds])
         ratio = np.mean([np.mean(r["switch_loss"]) for r in runs]) / random_switch if random_switch else float("nan")
@@ -322,10 +442,14 @@ def report(name, results, args, out_dir, wall):
         share = np.mean(row["headstart_share"])
         scale = mean_std(row["scales"]) if any(v is not None for v in row["scales"]) else "–"
         change = "–" if row["scale_check_max"] is None else f"{row['scale_check_max']:.1e}"
+        spreads = [v for v in row["scale_spread"] if v is not None]
+        spread = f"{max(spreads):.2f}×" if spreads else "–"
+        wins = sum(r["final_acc"] >= results["random"][s_]["final_acc"] for r, s_ in zip(runs, seeds))
+        row["final_acc_at_least_random"] = int(wins)
         lines.append(
             f"| {m} | {mean_std(row['switch_loss'])} | {ratio:.2f} | {above}/{switches} | {mean_std(row['after10'])} | "
-            f"{mean_std(row['after100'])} | {mean_std(row['iters_to_95'])} | {mean_std(row['final_acc'])} | {scale} | "
-            f"{100 * share:.1f}% | {change} |"
+            f"{mean_std(row['after100'])} | {mean_std(row['iters_to_95'])} | {mean_std(row['final_acc'])} | {wins}/{len(seeds)} | {scale} | "
+            f"{spread} | {100 * share:.1f}% | {change} |"
         )
     lines += [
         "",
@@ -337,7 +461,9 @@ def report(name, results, args, out_dir, wall):
         "after the last task.",
         "'÷ random's' is the mean switch loss over the random rows' mean; 'switches above random's' counts the "
         "(seed, switch) pairs whose loss exceeds the random rows' loss at the same switch. 'scale' is the mean "
-        "calibration factor fitted. 'headstart share' is headstart's time (statistics, solve, calibration) over "
+        "calibration factor fitted; 'scale spread' the largest factor, over runs, between a run's scale at any "
+        "switch and at its first. These whole-run columns mix the start with the history (the runs hold different "
+        "old rows after the first switch): the same-state table above isolates the start. 'headstart share' is headstart's time (statistics, solve, calibration) over "
         "headstart's plus the training loop's.",
         f"'switch loss change at features ×S' (S = {args.scale_check:g}): the largest relative change, over every "
         "switch and seed, of the switch loss when headstart's start is computed from features multiplied by S for "
@@ -348,7 +474,7 @@ def report(name, results, args, out_dir, wall):
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"args": vars(args) | {"argv": args.argv}, "summary": summary, "runs": results}, f)
+        json.dump({"args": vars(args) | {"argv": args.argv}, "summary": summary, "same_state": probes, "runs": results}, f)
     print(text)
     plot(name, results, args, out_dir)
 
@@ -425,6 +551,14 @@ def main(argv=None):
     p.add_argument("--replay", type=int, default=0, help="replay samples kept per old class (0: rehearsal-free)")
     p.add_argument("--freeze-old", action="store_true", help="train only the new rows")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--probe-iters", type=int, default=100, help="same-state probes: iterations from each switch (0: off)")
+    p.add_argument("--probes", help="starts compared from the same state (default: every --methods entry)")
+    p.add_argument("--bound", choices=("typical", "max_logit"), default="typical", help="init_rows' calibration bound")
+    p.add_argument(
+        "--stats-policy",
+        default="keep",
+        help="at each switch: keep the statistics, rebuild them from the current task only, or decay:G (multiply by G)",
+    )
     p.add_argument("--test-fraction", type=float, default=0.3)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--smooth", type=int, default=5, help="moving average of the plotted loss")
@@ -438,6 +572,11 @@ def main(argv=None):
     unknown = sorted(set(args.method_list) - set(METHODS))
     if unknown or "random" not in args.method_list:
         p.error(f"--methods: unknown {unknown} (choose from {', '.join(METHODS)}; random is the reference)")
+    args.probe_list = [m.strip() for m in (args.probes or ",".join(args.method_list)).split(",") if m.strip()]
+    if sorted(set(args.probe_list) - set(METHODS)) or "random" not in args.probe_list:
+        p.error(f"--probes: choose from {', '.join(METHODS)}; random is the reference")
+    if args.stats_policy not in ("keep", "rebuild") and not args.stats_policy.startswith("decay:"):
+        p.error("--stats-policy: keep, rebuild or decay:G")
     if args.lam is not None and args.lam not in ("rel", "auto") and not args.lam.startswith("rel:"):
         args.lam = float(args.lam)
     torch.set_num_threads(1)
