@@ -44,7 +44,8 @@ class ExperienceInit:
     were written (ascending; empty when the experience brought none). `samples`: the
     experience's samples streamed into the statistics. `init`: what `init_rows` wrote and
     fitted (None when nothing was written). `lam`: the λ the solve used. `persisted`: whether
-    the statistics of earlier experiences were kept (see `persist`); `replayed`: the
+    the statistics of earlier experiences were kept (see `persist`); `decay`: the factor they
+    were multiplied by first (None: not decayed); `replayed`: the
     replay-buffer samples streamed when they were not. `seconds`: the plugin's wall time for
     this experience; `feature_seconds` of it went to the backbone and the statistics.
     """
@@ -55,6 +56,7 @@ class ExperienceInit:
     init: Optional[RowInit] = None
     lam: Optional[float] = None
     persisted: bool = True
+    decay: Optional[float] = None
     replayed: int = 0
     seconds: float = 0.0
     feature_seconds: float = 0.0
@@ -84,14 +86,14 @@ class HeadstartPlugin(SupervisedPlugin):
             "task" (the current experience only).
         calibrate: "stats" (one scale for the new rows fitted on draws from the
             class-conditional Gaussian of the classes the first batches hold, from the
-            statistics alone), "sample" (fitted on a uniform sample of the streamed features,
-            dropped afterwards), False (the uncalibrated LS rows, logits of order 1/C), or
-            "auto" (the default): "stats" for a backbone the strategy does not train, False
-            for one it trains. With a training backbone the fitted scales were measured to
-            escalate from one experience to the next (the cap follows the old rows' logits,
-            which training on scaled rows raises) until a switch's loss far exceeds random
-            rows'; uncalibrated rows stayed near random rows' loss (docs/results.md, "With
-            Avalanche"). When the statistics are rebuilt with a replay buffer (see
+            statistics alone), "sample" (fitted on a uniform reservoir sample of the streamed
+            features, through the current backbone, dropped afterwards), False (the
+            uncalibrated LS rows, logits of order 1/C), or "auto" (the default): "stats" for a
+            backbone the strategy does not train, "sample" for one it trains (its features
+            change, so real features of the experience describe them best). Either way the
+            new rows are bounded by the old rows' typical confidence on their own classes
+            (`init_rows(bound="typical")`), measured on draws of the old classes the
+            statistics hold. When the statistics are rebuilt with a replay buffer (see
             `persist`), the fit weighs the experience's and the buffer's classes in the shares
             of a replay batch; otherwise it fits the experience's classes.
         calibrate_samples: draws ("stats") or sample rows ("sample") for the calibration.
@@ -99,18 +101,15 @@ class HeadstartPlugin(SupervisedPlugin):
             no samples are kept), or rebuild them at every experience from the data the
             strategy trains on in it (False): the experience's data plus, when the strategy
             keeps a replay buffer (a plugin with `storage_policy.buffer`, as Replay has), the
-            buffer's samples, all through the current backbone. "auto" (the default) persists
-            unless the backbone has parameters the strategy's optimiser trains: the features of
-            a training backbone drift, so statistics taken under its earlier weights describe
-            features it no longer produces (docs/results.md, "With Avalanche", measures how
-            much that costs).
-        decay: a forgetting factor γ in (0, 1], or None (the default). Given, the statistics
-            persist across experiences and are multiplied by γ (`Stats.decay`) before each new
-            experience is streamed: the statistics of an older backbone fade instead of being
-            dropped, so old classes stay in them (for `scope="all"` and for the calibration's
-            bound on the old rows' typical confidence). It is an alternative to
-            `persist=False` (which rebuilds); `persist=False` with `decay` is refused. With a
-            training backbone, `calibrate="auto"` then calibrates ("stats").
+            buffer's samples, all through the current backbone. "auto" (the default) persists.
+            Rebuilt statistics hold no old class without a buffer, so the typical-confidence
+            bound is lost and calibrated scales escalate (docs/results.md measures it).
+        decay: a forgetting factor γ in (0, 1], None, or "auto" (the default: 0.5 for a
+            backbone the strategy trains, None for one it does not). Given, the persisted
+            statistics are multiplied by γ (`Stats.decay`) before each new experience is
+            streamed: statistics of an older backbone fade instead of being dropped, and old
+            classes stay in them (for `scope="all"` and for the calibration's bound).
+            `persist=False` with a number is refused; with "auto" it means no decay.
         batch_size: mini-batch size for streaming (default: the larger of the strategy's
             `train_mb_size` and `eval_mb_size`, at least 64).
         max_logit: the calibration's bound, see `init_rows`.
@@ -152,7 +151,7 @@ class HeadstartPlugin(SupervisedPlugin):
         calibrate: Union[str, bool] = "auto",
         calibrate_samples: int = 4096,
         persist: Union[bool, str] = "auto",
-        decay: Optional[float] = None,
+        decay: Union[None, float, str] = "auto",
         batch_size: Optional[int] = None,
         max_logit: float = 30.0,
         progress: Optional[bool] = None,
@@ -174,9 +173,9 @@ class HeadstartPlugin(SupervisedPlugin):
             raise ValueError(f"calibrate_samples must be at least 1, got {calibrate_samples}")
         if persist not in (True, False, "auto"):
             raise ValueError(f"persist must be True, False or 'auto', got {persist!r}")
-        if decay is not None:
+        if decay is not None and decay != "auto":
             if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0.0 < float(decay) <= 1.0):
-                raise ValueError(f"decay must be a number in (0, 1] or None, got {decay!r}")
+                raise ValueError(f"decay must be a number in (0, 1], None or 'auto', got {decay!r}")
             if persist is False:
                 raise ValueError("decay keeps the statistics across experiences (fading them); persist=False rebuilds them: choose one")
             decay = float(decay)
@@ -268,9 +267,10 @@ class HeadstartPlugin(SupervisedPlugin):
             self.history.append(record)
             return
         trains = self._backbone_trains(strategy)
-        persist = True if self.decay is not None else (self.persist if self.persist != "auto" else not trains)
-        record.persisted = persist
-        calibrate = self.calibrate if self.calibrate != "auto" else (False if trains and self.decay is None else "stats")
+        persist = True if self.persist == "auto" else self.persist
+        decay = (0.5 if trains and persist else None) if self.decay == "auto" else self.decay
+        record.persisted, record.decay = persist, decay
+        calibrate = self.calibrate if self.calibrate != "auto" else ("sample" if trains else "stats")
         before, was_persistent = self.stats, self._persistent
         # Statistics rebuilt for one experience (older backbone weights, replayed samples) are
         # not a base to persist from.
@@ -278,8 +278,8 @@ class HeadstartPlugin(SupervisedPlugin):
             self.stats = Stats(layer.in_features, threads=self.threads)
         else:
             self.stats = self.stats.copy()  # a failure part-way must leave the statistics as they were
-            if self.decay is not None:
-                self.stats.decay(self.decay)
+            if decay is not None:
+                self.stats.decay(decay)
         self.stats.begin_task()
         streamed = time.perf_counter()
         try:

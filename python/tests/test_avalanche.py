@@ -339,24 +339,32 @@ def test_rebuilt_statistics_read_the_replay_buffer(split):
         assert rel_err(after.biases[k][rows].numpy(), b) < 1e-5, k
 
 
-def test_a_training_backbone_rebuilds_statistics_and_skips_calibration(split):
+def test_a_training_backbone_decays_the_statistics_and_calibrates_on_a_sample(split):
     hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
     _, _, _, plugin = run(split, Replay, plugin_options={}, backbone=hidden, experiences=3, mem_size=60)
+    assert [h.persisted for h in plugin.history] == [True] * 3
+    assert [h.decay for h in plugin.history] == [0.5] * 3
+    assert [h.replayed for h in plugin.history] == [0, 0, 0]
+    assert [h.init.source for h in plugin.history] == ["sample"] * 3
+    assert all(h.init.margin_bound is not None for h in plugin.history[1:])
+    # Rebuilding on request reads the replay buffer and does not decay.
+    _, _, _, plugin = run(split, Replay, plugin_options={"persist": False}, backbone=hidden, experiences=3, mem_size=60)
     assert [h.persisted for h in plugin.history] == [False] * 3
+    assert [h.decay for h in plugin.history] == [None] * 3
     assert [h.replayed for h in plugin.history] == [0, 60, 60]
-    assert [h.init.source for h in plugin.history] == ["none"] * 3
     frozen = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU()).requires_grad_(False)
     _, _, _, plugin = run(split, Replay, plugin_options={}, backbone=frozen, experiences=3, mem_size=60)
     assert [h.persisted for h in plugin.history] == [True] * 3
+    assert [h.decay for h in plugin.history] == [None] * 3
     assert [h.replayed for h in plugin.history] == [0, 0, 0]
     assert [h.init.source for h in plugin.history] == ["stats"] * 3
 
 
-def test_decay_fades_the_statistics_of_a_training_backbone_and_calibrates(split):
+def test_decay_fades_the_statistics_of_a_training_backbone(split):
     hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
     _, _, _, plugin = run(split, Naive, plugin_options={"decay": 0.5}, backbone=hidden, experiences=3)
     assert [h.persisted for h in plugin.history] == [True] * 3
-    assert [h.init.source for h in plugin.history] == ["stats"] * 3
+    assert [h.init.source for h in plugin.history] == ["sample"] * 3
     # Every experience's samples weigh half as much as the next one's: 0.25, 0.5, 1.
     sizes = [h.samples for h in plugin.history]
     assert plugin.stats.n == sum(sizes)
@@ -419,12 +427,13 @@ def test_submodule_modes_survive_streaming_and_a_persist_switch_starts_afresh(sp
     hidden[1].eval()  # deliberately frozen statistics, as fine-tuning recipes do
     classifier = IncrementalClassifier(D, 2)
     model = torch.nn.Sequential(hidden, classifier)
-    plugin = HeadstartPlugin(hidden, classifier)
+    plugin = HeadstartPlugin(hidden, classifier, persist=False)
     strategy = naive(model, [plugin], train_mb_size=64)
     stream = benchmark(split).train_stream
-    strategy.train(stream[0])  # the hidden layer trains: statistics rebuilt
+    strategy.train(stream[0])  # statistics rebuilt
     hidden[1].eval()  # Avalanche's train() puts the whole model in training mode; the recipe refreezes
     assert plugin.history[0].persisted is False
+    plugin.persist = "auto"
     hidden.requires_grad_(False)  # now frozen: statistics persist from here, starting afresh
     strategy.train(stream[1])
     assert plugin.history[1].persisted is True
