@@ -62,6 +62,11 @@ class ExperienceInit:
     feature_seconds: float = 0.0
 
 
+NORM_CAP = 2.0
+"""The default `norm_cap` for a backbone the strategy trains (docs/results.md compares 1, 2, 4
+and none)."""
+
+
 class HeadstartPlugin(SupervisedPlugin):
     """Initialises the rows of each training experience's new classes with headstart's
     calibrated least-squares head (docs/results.md, "The recommended call").
@@ -113,6 +118,12 @@ class HeadstartPlugin(SupervisedPlugin):
         batch_size: mini-batch size for streaming (default: the larger of the strategy's
             `train_mb_size` and `eval_mb_size`, at least 64).
         max_logit: the calibration's bound, see `init_rows`.
+        norm_cap: bound the calibrated new rows' median norm by this factor times the old
+            active rows' median norm (`init_rows(max_norm_ratio=...)`): a number > 0, None, or
+            "auto" (the default: NORM_CAP for a backbone the strategy trains, None for a
+            frozen one). Without it, new rows much longer than the trained ones made a
+            training backbone's logits escalate from experience to experience
+            (docs/results.md, "With Avalanche").
         progress: show a progress bar while streaming: True, False, or None (only on a
             terminal, and only for experiences of more than 20 batches).
         seed: seeds the calibration's draws (plus the experience index).
@@ -154,6 +165,7 @@ class HeadstartPlugin(SupervisedPlugin):
         decay: Union[None, float, str] = "auto",
         batch_size: Optional[int] = None,
         max_logit: float = 30.0,
+        norm_cap: Union[None, float, str] = "auto",
         progress: Optional[bool] = None,
         seed: int = 0,
         threads: Optional[int] = None,
@@ -192,7 +204,12 @@ class HeadstartPlugin(SupervisedPlugin):
         self.persist = persist
         self.decay = decay
         self.batch_size = batch_size
+        if norm_cap not in (None, "auto") and not (
+            isinstance(norm_cap, (int, float)) and not isinstance(norm_cap, bool) and np.isfinite(norm_cap) and norm_cap > 0
+        ):
+            raise ValueError(f"norm_cap must be a positive number, None or 'auto', got {norm_cap!r}")
         self.max_logit = max_logit
+        self.norm_cap = norm_cap
         self.progress = progress
         self.seed = seed
         self.threads = threads
@@ -271,6 +288,7 @@ class HeadstartPlugin(SupervisedPlugin):
         decay = (0.5 if trains and persist else None) if self.decay == "auto" else self.decay
         record.persisted, record.decay = persist, decay
         calibrate = self.calibrate if self.calibrate != "auto" else ("sample" if trains else "stats")
+        cap = (NORM_CAP if trains else None) if self.norm_cap == "auto" else self.norm_cap
         before, was_persistent = self.stats, self._persistent
         # Statistics rebuilt for one experience (older backbone weights, replayed samples) are
         # not a base to persist from.
@@ -294,7 +312,7 @@ class HeadstartPlugin(SupervisedPlugin):
             record.samples = self.stats.task_n - record.replayed
             new = sorted(set(mix.parts[0][0]) - self.initialised)  # the experience's own classes
             if new:
-                self._write(layer, new, mix, calibrate, index, record)
+                self._write(layer, new, mix, calibrate, index, record, cap)
         except BaseException:
             self.stats, self._persistent = before, was_persistent
             raise
@@ -368,7 +386,7 @@ class HeadstartPlugin(SupervisedPlugin):
                     m.train(mode)
         return counts, (reservoir.sample() if keep else None)
 
-    def _write(self, layer, new, mix: "_Mix", calibrate, index: int, record: ExperienceInit):
+    def _write(self, layer, new, mix: "_Mix", calibrate, index: int, record: ExperienceInit, cap: Optional[float] = None):
         if max(new) >= layer.out_features or min(new) < 0:
             bad = min(new) if min(new) < 0 else max(new)
             raise ValueError(
@@ -399,6 +417,7 @@ class HeadstartPlugin(SupervisedPlugin):
             stats_scope=mix.weights(),
             seed=self.seed + index,
             reference=self.stats,
+            max_norm_ratio=cap,
         )
         record.new_classes = list(new)
         record.lam = head.lam

@@ -109,6 +109,8 @@ def init_rows(
     seed: int = 0,
     bound: str = "typical",
     reference: Optional[Stats] = None,
+    max_scale: Optional[float] = None,
+    max_norm_ratio: Optional[float] = None,
 ) -> RowInit:
     """Writes the head's rows into `linear` at the rows given by its class ids, in place, and
     returns a `RowInit`.
@@ -147,6 +149,13 @@ def init_rows(
       the largest old logit grows with every task trained on confident rows; the median
       margin follows what training reaches on old data, not the extremes. Where neither
       source holds an old class, only `max_logit` applies. `bound="max_logit"`: only it.
+    - `max_scale`: an upper bound on the fitted scale itself (None: none).
+    - `max_norm_ratio`: the new rows' median norm stays at most this times the old active
+      rows' median norm (without old active rows: the layer's other rows', and without those
+      1/√3, the norm PyTorch's default initialisation gives a row). None: no such bound.
+      Optimisers such as AdamW move each weight by about the learning rate per step, so rows
+      far longer than the trained ones cannot be corrected by training; a training backbone
+      then adapts to them instead, and the logits escalate from task to task.
     - `max_logit`: every new-row logit on the sample stays within max_logit of the largest
       old-row logit magnitude there (always applied; the typical bound is usually tighter).
     - `norm="match"` scales each new row (and its bias) to the median norm of the rows this
@@ -166,6 +175,11 @@ def init_rows(
         raise ValueError(f"stats_scope must be 'all', 'task' or a dict of class weights, got {stats_scope!r}")
     if bound not in ("typical", "max_logit"):
         raise ValueError(f"bound must be 'typical' or 'max_logit', got {bound!r}")
+    for name, value in (("max_scale", max_scale), ("max_norm_ratio", max_norm_ratio)):
+        if value is not None and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+        ):
+            raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
     if reference is not None and not isinstance(reference, Stats):
         raise ValueError(f"reference must be a headstart.Stats, got {type(reference).__name__}")
     if norm == "match" and calibrate is not None:
@@ -211,6 +225,14 @@ def init_rows(
                 if capped < scale:
                     scale, at_bound = capped, True
                     after = _mean_ce(*logits, scale)
+        if max_norm_ratio is not None:
+            by_norm = _old_norm_scale(linear, weight, ids, active_rows)
+            if by_norm is not None:
+                by_norm *= max_norm_ratio
+                max_scale = by_norm if max_scale is None else min(max_scale, by_norm)
+        if max_scale is not None and scale > max_scale:
+            scale, at_bound = float(max_scale), True
+            after = _mean_ce(*logits, scale)
         weight, bias = weight * scale, bias * scale
         result = RowInit(ids, scale, source, before, after, len(logits[2]), at_bound, margin)
     index = ids.to(linear.weight.device)
@@ -219,6 +241,23 @@ def init_rows(
         if linear.bias is not None:
             linear.bias[index] = bias.to(linear.bias)
     return result
+
+
+def _old_norm_scale(linear, weight, ids, active_rows):
+    """The scale that gives the new rows the old active rows' median weight norm; without old
+    active rows, the median norm of the layer's other rows, and without those the norm that
+    PyTorch's default initialisation gives a row (1/√3, rows uniform in ±1/√in_features)."""
+    old_rows = active_rows[~torch.isin(active_rows, ids)]
+    if old_rows.numel() == 0:
+        untouched = torch.ones(linear.out_features, dtype=torch.bool)
+        untouched[ids] = False
+        old_rows = untouched.nonzero().flatten()
+    if old_rows.numel() == 0:
+        target = 1.0 / np.sqrt(3.0)
+    else:
+        target = float(np.median(linear.weight.detach()[old_rows.to(linear.weight.device)].double().norm(dim=1).cpu().numpy()))
+    mine = float(np.median(weight.double().norm(dim=1).cpu().numpy()))
+    return target / mine if mine > 0 and target > 0 else None
 
 
 def _margins(fixed: np.ndarray, fresh: np.ndarray, targets: np.ndarray, scale: float) -> np.ndarray:

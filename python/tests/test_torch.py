@@ -359,3 +359,34 @@ def test_ten_experiences_with_a_trained_layer_keep_the_logit_scale_and_beat_rand
     )
     assert min(margins) > 0 and spread(margins) <= 2.0, margins
     assert max(ratios) <= 1.0, ratios
+
+
+def test_max_norm_ratio_bounds_new_rows_by_the_old_rows_median_norm():
+    fc, x, y, stats, head = calibration_case()
+    active = [0, 1, 2, 3]
+    free = init_rows(copy.deepcopy(fc), head, calibrate=stats, active=active, bound="max_logit")
+    layer = copy.deepcopy(fc)
+    capped = init_rows(layer, head, calibrate=stats, active=active, max_norm_ratio=1.0, bound="max_logit")
+    norms = layer.weight.detach().double().norm(dim=1).numpy()
+    old = np.median(fc.weight.detach().double().norm(dim=1).numpy()[[0, 2]])
+    assert free.scale * np.median(np.linalg.norm(head.weight, axis=1)) > old  # the cap binds here
+    assert capped.at_bound and abs(np.median(norms[[1, 3]]) - old) < 1e-5 * old
+    # No other row at all: the norm of PyTorch's default initialisation, 1/sqrt(3).
+    lone = torch.nn.Linear(6, 2)
+    two_ids = headstart.Stats(6)
+    xs, ys = x[np.isin(y, [1, 3])], y[np.isin(y, [1, 3])]
+    two_ids.update(xs, (ys == 3).astype(np.int64))
+    two = two_ids.solve()
+    result = init_rows(lone, two, calibrate=(xs, (ys == 3).astype(np.int64)), max_norm_ratio=1.0, bound="max_logit")
+    got = np.median(lone.weight.detach().double().norm(dim=1).numpy())
+    assert result.at_bound and abs(got - 1 / np.sqrt(3)) < 1e-5
+    for bad in [0, -1.0, float("inf"), "norm", True]:
+        with pytest.raises(ValueError, match="max_norm_ratio must be"):
+            init_rows(copy.deepcopy(fc), head, calibrate=stats, active=active, max_norm_ratio=bad)
+        with pytest.raises(ValueError, match="max_scale must be"):
+            init_rows(copy.deepcopy(fc), head, calibrate=stats, active=active, max_scale=bad)
+    # A looser ratio that does not bind leaves the free fit.
+    wide = copy.deepcopy(fc)
+    loose = init_rows(wide, head, calibrate=stats, active=active, max_norm_ratio=2.0, bound="max_logit")
+    assert np.median(wide.weight.detach().double().norm(dim=1).numpy()[[1, 3]]) <= 2 * old * (1 + 1e-6)
+    assert loose.scale == free.scale or loose.at_bound
