@@ -379,6 +379,19 @@ def test_decay_fades_the_statistics_of_a_training_backbone(split):
             HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), decay=bad)
     with pytest.raises(ValueError, match="choose one"):
         HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), decay=0.9, persist=False)
+    for bad in [0, -2, float("nan"), "2", True]:
+        with pytest.raises(ValueError, match="norm_cap must be"):
+            HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), norm_cap=bad)
+
+
+def test_a_training_backbone_gets_new_rows_at_most_twice_the_old_rows_norm(split):
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
+    _, before, after, _ = run(split, Naive, plugin_options={}, backbone=hidden, experiences=3)
+    for k in (1, 2):
+        old = before.active[k][~torch.isin(before.active[k], torch.tensor(new_rows(k)))]
+        old_norm = np.median(before.weights[k][old].double().norm(dim=1).numpy())
+        new_norm = np.median(after.weights[k][new_rows(k)].double().norm(dim=1).numpy())
+        assert new_norm <= 2.0 * old_norm * (1 + 1e-5), (k, new_norm, old_norm)
 
 
 def test_the_calibration_mix_follows_the_replay_batch():
