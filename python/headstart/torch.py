@@ -210,8 +210,10 @@ def init_rows(
         bias = bias * scale
     active_rows = _active_rows(active, out_features, ids)
     if calibrate is not None:
+        model = None
         if isinstance(calibrate, Stats):
-            logits = _stats_logits(calibrate, linear, weight, bias, ids, active_rows, stats_samples, stats_scope, seed)
+            model = _LogitModel(calibrate, linear, weight, bias, ids, active_rows)
+            logits = _draw_logits(model, stats_samples, stats_scope, seed)
             source = "stats"
         else:
             x, y = _sample(calibrate, in_features, active_rows)
@@ -220,7 +222,7 @@ def init_rows(
         scale, before, after, at_bound = fit_scale(*logits, max_logit)
         margin = None
         if bound == "typical":
-            margin = _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, stats_samples, seed)
+            margin = _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, stats_samples, seed, model)
             if margin is not None:
                 capped = _cap_to_margin(*logits, scale, margin)
                 if capped < scale:
@@ -280,10 +282,11 @@ def _mean_ce(fixed, fresh, targets, scale: float) -> float:
     return float(np.mean(lse - logits[np.arange(len(targets)), targets]))
 
 
-def _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, n: int, seed: int):
+def _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, logits, n: int, seed: int, model=None):
     """The old rows' median margin on their own classes, among the old rows only: from draws
     of the old classes of `reference` (or of `calibrate` when it is a Stats), else from the
-    sample's old-class rows. None where there is no old class (or only one old row)."""
+    sample's old-class rows. None where there is no old class (or only one old row). `model`:
+    the calibration's `_LogitModel`, reused when it was built from the same statistics."""
     fixed, _, targets = logits
     if fixed.shape[1] < 2:
         return None
@@ -295,7 +298,9 @@ def _old_margin(linear, weight, bias, ids, active_rows, calibrate, reference, lo
         if held:
             if stats.dim != linear.in_features:
                 raise ValueError(f"reference: the statistics have {stats.dim} features but the layer takes {linear.in_features}")
-            old_fixed, _, old_targets = _stats_logits(stats, linear, weight, bias, ids, active_rows, n, held, seed + 1)
+            if model is None or model.stats is not stats:
+                model = _LogitModel(stats, linear, weight, bias, ids, active_rows)
+            old_fixed, _, old_targets = _draw_logits(model, n, held, seed + 1)
             return float(np.median(_margins(old_fixed, np.zeros((len(old_targets), 0)), old_targets, 1.0)))
     mine = targets < fixed.shape[1]
     if mine.any():
@@ -415,71 +420,92 @@ def _stats_logits(stats: Stats, linear, weight, bias, ids, active_rows, n: int, 
     x ~ N(mean_c, pooled within-class covariance S), so the active rows' logits W x + b are
     N(W mean_c + b, W S Wᵀ). Classes are drawn in proportion to their counts in `scope` (at
     least one draw each). Returns what `_sample_logits` returns."""
-    if stats.n == 0:
-        raise ValueError("calibrate: the statistics hold no samples")
+    return _draw_logits(_LogitModel(stats, linear, weight, bias, ids, active_rows), n, scope, seed)
+
+
+class _LogitModel:
+    """The Gaussian of the active rows' logits that `_stats_logits` draws from: per class, the
+    projected mean W mean_c + b, and one Cholesky root of W S Wᵀ. Built once per `init_rows`
+    call and shared by the calibration draws and the typical-margin draws, which use the same
+    rows: the d × d work (unpacking the Gram, W G Wᵀ) is then done once."""
+
+    def __init__(self, stats: Stats, linear, weight, bias, ids, active_rows):
+        if stats.n == 0:
+            raise ValueError("calibrate: the statistics hold no samples")
+        parts = stats._parts()
+        dim = int(parts["dim"])
+        if dim != linear.in_features:
+            raise ValueError(f"calibrate: the statistics have {dim} features but the layer takes {linear.in_features}")
+        self.stats = stats
+        # Weights, not counts: after a decay the sums are weighted and divide by the weights.
+        packed = 0.0
+        counts, sums, recent = {}, {}, {}
+        total = 0.0
+        for segment in _SEGMENTS:
+            seg = parts[segment]
+            packed = packed + seg["gram_lower"]
+            total += float(seg["weight"])
+            for cid, held, s in zip(seg["class_ids"], seg["class_weights"], seg["class_sums"]):
+                counts[int(cid)] = counts.get(int(cid), 0.0) + float(held)
+                sums[int(cid)] = sums.get(int(cid), 0) + s
+                if segment == "task":
+                    recent[int(cid)] = float(held)
+        self.counts, self.recent = counts, recent
+        self.active_rows = active_rows
+        old_rows, self.column = _columns(active_rows, ids)
+        self.split = len(old_rows)
+        with torch.no_grad():
+            w_old = linear.weight.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
+            b_old = (
+                linear.bias.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
+                if linear.bias is not None
+                else np.zeros(len(old_rows))
+            )
+        w = np.concatenate([w_old, weight.cpu().numpy()])
+        b = np.concatenate([b_old, bias.cpu().numpy()])
+        order = list(counts)
+        projected = np.stack([sums[c] / counts[c] for c in order]) @ w.T
+        self.means = {c: projected[k] + b for k, c in enumerate(order)}
+        # W S Wᵀ with S = G/N − Σ_c (n_c/N) μ_c μ_cᵀ, without forming S (d × d): G = T + Tᵀ − diag(T)
+        # for T, the lower triangle held packed, so W G Wᵀ = A + Aᵀ − W diag(T) Wᵀ with A = W T Wᵀ.
+        lower = _unpack_lower(packed, dim)
+        half = (w @ lower) @ w.T
+        gram_w = half + half.T - (w * np.diagonal(lower)) @ w.T
+        held_all = np.array([counts[c] for c in order], dtype=np.float64) / total
+        cov = gram_w / total - (projected.T * held_all) @ projected
+        cov = 0.5 * (cov + cov.T)
+        # A Cholesky factor (unique, so the draws do not depend on how eigenvectors were signed),
+        # with a jitter relative to the mean variance for rank-deficient covariances.
+        jitter = 1e-12 * max(float(np.trace(cov)) / len(cov), np.finfo(float).tiny)
+        try:
+            self.root = np.linalg.cholesky(cov + jitter * np.eye(len(cov)))
+        except np.linalg.LinAlgError:
+            values, vectors = np.linalg.eigh(cov)
+            self.root = vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
+def _draw_logits(model: _LogitModel, n: int, scope, seed: int):
+    """`n` draws (at least one per class) from `model`, classes in proportion to the weights
+    `scope` gives them; returns what `_sample_logits` returns."""
     if n < 1:
         raise ValueError(f"stats_samples must be at least 1, got {n}")
-    parts = stats._parts()
-    dim = int(parts["dim"])
-    if dim != linear.in_features:
-        raise ValueError(f"calibrate: the statistics have {dim} features but the layer takes {linear.in_features}")
-    # Weights, not counts: after a decay the sums are weighted and divide by the weights.
-    packed = 0.0
-    counts, sums, recent = {}, {}, {}
-    total = 0.0
-    for segment in _SEGMENTS:
-        seg = parts[segment]
-        packed = packed + seg["gram_lower"]
-        total += float(seg["weight"])
-        for cid, held, s in zip(seg["class_ids"], seg["class_weights"], seg["class_sums"]):
-            counts[int(cid)] = counts.get(int(cid), 0.0) + float(held)
-            sums[int(cid)] = sums.get(int(cid), 0) + s
-            if segment == "task":
-                recent[int(cid)] = float(held)
+    counts = model.counts
     if isinstance(scope, dict):
         weights = {int(c): float(v) for c, v in scope.items() if int(c) in counts}
     else:
-        weights = recent if scope == "task" else counts
-    classes = [c for c in active_rows.tolist() if weights.get(c, 0) > 0]
+        weights = model.recent if scope == "task" else counts
+    classes = [c for c in model.active_rows.tolist() if weights.get(c, 0) > 0]
     if not classes:
         where = "the current task of the statistics" if scope == "task" else "the statistics (with a positive weight)"
         raise ValueError(f"calibrate: {where} hold none of the active classes")
-
-    old_rows, column = _columns(active_rows, ids)
-    with torch.no_grad():
-        w_old = linear.weight.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
-        b_old = (
-            linear.bias.detach()[old_rows.to(linear.weight.device)].cpu().double().numpy()
-            if linear.bias is not None
-            else np.zeros(len(old_rows))
-        )
-    w = np.concatenate([w_old, weight.cpu().numpy()])
-    b = np.concatenate([b_old, bias.cpu().numpy()])
-    means = np.stack([sums[c] / counts[c] for c in classes]) @ w.T + b
-    # W S Wᵀ with S = G/N − Σ_c (n_c/N) μ_c μ_cᵀ, without forming S (d × d): G = T + Tᵀ − diag(T)
-    # for T, the lower triangle held packed, so W G Wᵀ = A + Aᵀ − W diag(T) Wᵀ with A = W T Wᵀ.
-    lower = _unpack_lower(packed, dim)
-    half = (w @ lower) @ w.T
-    gram_w = half + half.T - (w * np.diagonal(lower)) @ w.T
-    projected = np.stack([sums[c] / counts[c] for c in counts]) @ w.T
-    held_all = np.array([counts[c] for c in counts], dtype=np.float64) / total
-    cov = gram_w / total - (projected.T * held_all) @ projected
-    cov = 0.5 * (cov + cov.T)
-    # A Cholesky factor (unique, so the draws do not depend on how eigenvectors were signed),
-    # with a jitter relative to the mean variance for rank-deficient covariances.
-    jitter = 1e-12 * max(float(np.trace(cov)) / len(cov), np.finfo(float).tiny)
-    try:
-        root = np.linalg.cholesky(cov + jitter * np.eye(len(cov)))
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(cov)
-        root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    means = np.stack([model.means[c] for c in classes])
     held = np.array([weights[c] for c in classes], dtype=np.float64)
     per_class = np.maximum(1, np.round(n * held / held.sum())).astype(int)
     rng = np.random.default_rng(seed)
     which = np.repeat(np.arange(len(classes)), per_class)
-    logits = means[which] + rng.standard_normal((len(which), len(b))) @ root.T
-    targets = np.array([column[classes[k]] for k in which], dtype=np.int64)
-    split = len(old_rows)
+    logits = means[which] + rng.standard_normal((len(which), len(model.root))) @ model.root.T
+    targets = np.array([model.column[classes[k]] for k in which], dtype=np.int64)
+    split = model.split
     return np.ascontiguousarray(logits[:, :split]), np.ascontiguousarray(logits[:, split:]), targets
 
 
