@@ -128,7 +128,8 @@ def init_rows(
       tensors, any device; the first batch will do), labels being layer rows. One positive
       scale for the new rows (weight and bias together) is fitted to minimise the layer's
       cross-entropy over the `active` classes on that sample, then written. The loss is
-      convex in the scale, so the fit is exact (bisection on its derivative).
+      convex in the scale, so the fit is exact (Newton steps on its derivative, safeguarded
+      by bisection).
     - `calibrate=stats` (a `headstart.Stats`): the same fit on `stats_samples` draws from the
       class-conditional Gaussian the statistics define (class means, pooled within-class
       covariance), for when no sample is at hand. The draws are made in logit space (the

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! is convex in a (a log-sum-exp of affine functions minus an affine one), so its minimiser is
-//! found exactly by bisection on the sign of L′(a) = (1/n) Σ_i [ Σ_k p_ik(a) v_ik − [y_i new] v_{i,y_i} ],
-//! with p the softmax restricted to the new rows. A sample that the new rows separate perfectly
+//! the root of L′(a) = (1/n) Σ_i [ Σ_k p_ik(a) v_ik − [y_i new] v_{i,y_i} ],
+//! with p the softmax over all columns, found by Newton steps (L″ = mean Var_p v, v taken as 0
+//! on the fixed columns) inside a bracket, with bisection as the safeguard. A sample that the new rows separate perfectly
 //! has its infimum at a → ∞, so the scale is capped: the largest |a·v_ik| on the sample may
 //! exceed the largest |u_ik| by at most `max_logit`. The cap is relative to the fixed logits
 //! because rows that were trained for long can be confident far beyond any fixed bound: new rows
