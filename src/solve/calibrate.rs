@@ -153,16 +153,32 @@ pub fn fit_scale(
     })
 }
 
+/// Where a sample's true column is.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A fixed column, with its logit (which does not depend on the scale).
+    Fixed(f64),
+    /// A new column.
+    New(usize),
+}
+
 struct Sample<'a> {
     new: &'a [f64],
     new_cols: usize,
     /// Per sample: log Σ_k exp u_ik over the fixed columns (−∞ without any); it does not
     /// depend on the scale, so it is computed once.
     fixed_lse: Vec<f64>,
-    /// Per sample: the target's fixed logit, or NaN when the target is a new column.
-    fixed_target: Vec<f64>,
-    /// Per sample: the target's new column, if it is one.
-    new_target: Vec<Option<usize>>,
+    targets: Vec<Target>,
+}
+
+/// One sample's softmax at scale a, over the fixed columns (through their log-sum-exp) and the
+/// new ones: the largest logit, Σ exp(logit − largest), and Σ v·exp(·), Σ v²·exp(·) over the
+/// new columns (v the new logits at a = 1).
+struct Moments {
+    top: f64,
+    sum: f64,
+    first: f64,
+    second: f64,
 }
 
 impl<'a> Sample<'a> {
@@ -177,29 +193,24 @@ impl<'a> Sample<'a> {
                 top + u.iter().map(|z| (z - top).exp()).sum::<f64>().ln()
             })
             .collect();
-        let fixed_target = targets
+        let targets = targets
             .iter()
             .enumerate()
-            .map(|(i, &t)| {
-                if t < fixed_cols {
-                    fixed[i * fixed_cols + t]
-                } else {
-                    f64::NAN
-                }
+            .map(|(i, &t)| match t.checked_sub(fixed_cols) {
+                Some(k) => Target::New(k),
+                None => Target::Fixed(fixed[i * fixed_cols + t]),
             })
             .collect();
-        let new_target = targets.iter().map(|&t| t.checked_sub(fixed_cols)).collect();
         Self {
             new,
             new_cols,
             fixed_lse,
-            fixed_target,
-            new_target,
+            targets,
         }
     }
 
     fn len(&self) -> usize {
-        self.fixed_lse.len()
+        self.targets.len()
     }
 
     /// Sample `i`'s new logits at a = 1.
@@ -207,26 +218,39 @@ impl<'a> Sample<'a> {
         &self.new[i * self.new_cols..(i + 1) * self.new_cols]
     }
 
-    /// Sample `i` at scale `a`: the largest of its fixed log-sum-exp and its new logits, and
-    /// Σ exp(logit − largest) over all columns (the fixed ones through their log-sum-exp).
-    fn normaliser(&self, i: usize, a: f64) -> (f64, f64) {
-        let v = self.row(i);
+    fn moments(&self, i: usize, a: f64) -> Moments {
         let fixed = self.fixed_lse[i];
+        let v = self.row(i);
         let top = v.iter().map(|z| a * z).fold(fixed, f64::max);
-        let sum = (fixed - top).exp() + v.iter().map(|z| (a * z - top).exp()).sum::<f64>();
-        (top, sum)
+        let mut m = Moments {
+            top,
+            sum: (fixed - top).exp(),
+            first: 0.0,
+            second: 0.0,
+        };
+        for z in v {
+            let e = (a * z - top).exp();
+            m.sum += e;
+            m.first += z * e;
+            m.second += z * z * e;
+        }
+        m
+    }
+
+    /// Sample `i`'s target logit at scale `a`.
+    fn picked(&self, i: usize, a: f64) -> f64 {
+        match self.targets[i] {
+            Target::Fixed(u) => u,
+            Target::New(k) => a * self.row(i)[k],
+        }
     }
 
     /// Mean cross-entropy at scale `a`.
     fn loss(&self, a: f64) -> f64 {
         let total: f64 = (0..self.len())
             .map(|i| {
-                let (top, sum) = self.normaliser(i, a);
-                let picked = match self.new_target[i] {
-                    Some(k) => a * self.row(i)[k],
-                    None => self.fixed_target[i],
-                };
-                top + sum.ln() - picked
+                let m = self.moments(i, a);
+                m.top + m.sum.ln() - self.picked(i, a)
             })
             .sum();
         total / self.len() as f64
@@ -237,18 +261,13 @@ impl<'a> Sample<'a> {
     fn slope(&self, a: f64) -> (f64, f64) {
         let (mut first, mut second) = (0.0, 0.0);
         for i in 0..self.len() {
-            let v = self.row(i);
-            let fixed = self.fixed_lse[i];
-            let top = v.iter().map(|z| a * z).fold(fixed, f64::max);
-            let (mut sum, mut m1, mut m2) = ((fixed - top).exp(), 0.0, 0.0);
-            for z in v {
-                let e = (a * z - top).exp();
-                sum += e;
-                m1 += z * e;
-                m2 += z * z * e;
-            }
-            let (mean, square) = (m1 / sum, m2 / sum);
-            first += mean - self.new_target[i].map_or(0.0, |k| v[k]);
+            let m = self.moments(i, a);
+            let (mean, square) = (m.first / m.sum, m.second / m.sum);
+            let own = match self.targets[i] {
+                Target::Fixed(_) => 0.0,
+                Target::New(k) => self.row(i)[k],
+            };
+            first += mean - own;
             second += (square - mean * mean).max(0.0);
         }
         let n = self.len() as f64;
