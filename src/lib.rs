@@ -8,6 +8,7 @@
 //! - [`pipeline`]: producer handles and a reducer thread joined by bounded channels.
 //! - [`solve`]: LS heads (`nc`, `ridge`) for any class subset, and λ selection from held-out
 //!   statistics.
+//! - [`expand`]: seeded random-feature expansion (ReLU(x·R), R regenerated from a seed).
 //! - [`export`]: safetensors heads that PyTorch loads.
 //! - [`atomic`]: atomic file replacement for heads and state files.
 //! - [`ingest`]: streaming readers of `.npy`, Parquet (feature `parquet`) and safetensors
@@ -36,6 +37,7 @@
 pub mod atomic;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod expand;
 pub mod export;
 pub mod ingest;
 pub mod net;

@@ -47,7 +47,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::stats::{Batch, BatchError, Precision, Prepared, RetractError, Stats};
+use crate::expand::RandomFeatures;
+use crate::stats::{Batch, BatchError, Features, Precision, Prepared, RetractError, Stats};
 
 /// Why a pipeline call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,10 +72,34 @@ pub enum ReducerError {
     /// A retraction was refused.
     #[error("retract refused: {0}")]
     Retract(#[from] RetractError),
+    /// A producer stopped (its thread panicked) halfway through sending an expanded batch.
+    /// The reducer stops rather than keep a state holding part of a batch.
+    #[error(
+        "a producer stopped after sending {applied} of the {rows} rows of an expanded batch; the state is discarded rather than kept with part of a batch"
+    )]
+    IncompleteBatch {
+        /// Rows of the batch already accumulated.
+        applied: usize,
+        /// Rows in the batch.
+        rows: usize,
+    },
+}
+
+/// One piece of an expanded batch, sent by its producer as it computes them.
+enum Chunk {
+    Part(Box<Prepared>),
+    End,
 }
 
 enum Message {
     Update(Box<Prepared>),
+    /// An expanded batch of `rows` rows, arriving chunk by chunk on its own channel (the
+    /// expanded rows are never held whole). The reducer takes all of it before the next
+    /// message, so each batch is wholly in a snapshot or wholly out.
+    Expanded {
+        rows: usize,
+        chunks: Receiver<Chunk>,
+    },
     Retract(Arc<Batch>),
     BeginTask,
     Snapshot(Sender<Stats>),
@@ -82,7 +107,9 @@ enum Message {
 }
 
 struct Shared {
+    /// The raw features' dimension (the expansion's input dimension for an expanded state).
     dim: usize,
+    expansion: Option<Arc<RandomFeatures>>,
     precision: Precision,
     failure: OnceLock<ReducerError>,
 }
@@ -104,7 +131,8 @@ pub struct Reducer {
 pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
     let (tx, rx) = bounded(capacity.max(1));
     let shared = Arc::new(Shared {
-        dim: initial.dim(),
+        dim: initial.input_dim(),
+        expansion: initial.random_features().cloned(),
         precision: initial.precision(),
         failure: OnceLock::new(),
     });
@@ -123,6 +151,19 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
                 // `send` validated and laid it out on the producer's thread.
                 stats.apply(&prepared);
                 Ok(())
+            }
+            Message::Expanded { rows, chunks } => {
+                let mut applied = 0;
+                loop {
+                    match chunks.recv() {
+                        Ok(Chunk::Part(prepared)) => {
+                            applied += prepared.rows();
+                            stats.apply(&prepared);
+                        }
+                        Ok(Chunk::End) => break Ok(()),
+                        Err(_) => break Err(ReducerError::IncompleteBatch { applied, rows }),
+                    }
+                }
             }
             Message::Retract(batch) => stats.retract_batch(&batch).map_err(ReducerError::from),
             Message::BeginTask => {
@@ -153,7 +194,8 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
 }
 
 impl Producer {
-    /// The feature dimension the reducer expects.
+    /// The feature dimension the reducer expects (for an expanded state, the raw features'
+    /// dimension: batches are expanded on the producer's thread).
     pub fn dim(&self) -> usize {
         self.shared.dim
     }
@@ -173,17 +215,67 @@ impl Producer {
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
-        batch.validate(self.shared.dim)?;
+        self.validate(&batch)?;
         self.send_valid(&batch)
+    }
+
+    /// Checks a batch as [`send`](Producer::send) does, without queueing it.
+    ///
+    /// # Errors
+    /// The batch's [`BatchError`].
+    pub fn validate(&self, batch: &Batch) -> Result<(), BatchError> {
+        match (&self.shared.expansion, &batch.features) {
+            (Some(rf), Features::F32(v)) => rf.validate(v, &batch.labels),
+            (Some(rf), Features::F64(v)) => rf.validate(v, &batch.labels),
+            (None, _) => batch.validate(self.shared.dim),
+        }
     }
 
     /// [`send`](Producer::send) for a batch already validated against this dimension (the
     /// server's frame decoder does it).
     pub(crate) fn send_valid(&self, batch: &Batch) -> Result<(), PipelineError> {
+        if let Some(rf) = &self.shared.expansion {
+            return match &batch.features {
+                Features::F32(v) => self.send_expanded(rf, v, &batch.labels),
+                Features::F64(v) => self.send_expanded(rf, v, &batch.labels),
+            };
+        }
         // The O(B·d) work (class sums, transposition, conversion) happens here, on the
         // producer's thread; the reducer is left with the O(B·d²) product.
         let prepared = Stats::prepare(batch, self.shared.dim, self.shared.precision);
         self.put(Message::Update(Box::new(prepared)))
+    }
+
+    /// Expands a validated batch here, 512 rows at a time, and hands each chunk to the
+    /// reducer as soon as it is ready (at most two wait at once).
+    fn send_expanded<T: crate::stats::Feature>(
+        &self,
+        rf: &RandomFeatures,
+        features: &[T],
+        labels: &[i64],
+    ) -> Result<(), PipelineError> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = bounded(2);
+        self.put(Message::Expanded {
+            rows: labels.len(),
+            chunks: rx,
+        })?;
+        let d = rf.spec().input_dim;
+        for (chunk, chunk_labels) in features.chunks(512 * d).zip(labels.chunks(512)) {
+            let mut prepared = Box::<Prepared>::default();
+            Stats::prepare_expanded(
+                rf,
+                chunk,
+                chunk_labels,
+                self.shared.precision,
+                faer::Par::Seq,
+                &mut prepared,
+            );
+            tx.send(Chunk::Part(prepared)).map_err(|_| self.stopped())?;
+        }
+        tx.send(Chunk::End).map_err(|_| self.stopped())
     }
 
     /// Queues the retraction of a batch sent earlier in the current task.
@@ -193,7 +285,7 @@ impl Producer {
     /// stops the reducer; the error then reaches later calls and [`Reducer::join`].
     pub fn retract(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
-        batch.validate(self.shared.dim)?;
+        self.validate(&batch)?;
         self.put(Message::Retract(batch))
     }
 

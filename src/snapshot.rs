@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `HDSTATE\n` |
-//! | 8 | 4 | format version (2; version 1 is still read) |
+//! | 8 | 4 | format version (3; versions 1 and 2 are still read) |
 //! | 12 | 4 | flags (0) |
 //! | 16 | 8 | feature dimension d |
 //! | 24 | 8 | payload length in bytes |
@@ -17,7 +17,9 @@
 //! real size, before anything is allocated from them) and every value of the decoded state;
 //! any failure is a [`SnapshotError`] naming the file, never a panic. Version 2 added the
 //! sample weights of [`Stats::decay`]; a version-1 file (integer counts only) reads as the
-//! undecayed state with weights equal to its counts. Writing is atomic:
+//! undecayed state with weights equal to its counts. Version 3 added the random-feature
+//! [`Expansion`](crate::expand::Expansion) spec after the segments (R itself is never
+//! written: it is regenerated from the spec). Writing is atomic:
 //! temporary file in the same directory, fsync, rename, fsync of the directory.
 //!
 //! # Examples
@@ -40,7 +42,7 @@ use crate::stats::{SegmentParts, Stats, StatsParts};
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HDSTATE\n";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_READ_VERSION: u32 = 1;
 
@@ -84,6 +86,28 @@ impl From<PartsV1> for StatsParts {
             tasks_begun: v1.tasks_begun,
             before: v1.before.into(),
             task: v1.task.into(),
+            expansion: None,
+        }
+    }
+}
+
+/// Version 2's payload: [`StatsParts`] without the expansion.
+#[derive(serde::Deserialize)]
+struct PartsV2 {
+    dim: u64,
+    tasks_begun: u64,
+    before: SegmentParts,
+    task: SegmentParts,
+}
+
+impl From<PartsV2> for StatsParts {
+    fn from(v2: PartsV2) -> Self {
+        StatsParts {
+            dim: v2.dim,
+            tasks_begun: v2.tasks_begun,
+            before: v2.before,
+            task: v2.task,
+            expansion: None,
         }
     }
 }
@@ -258,6 +282,10 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
         let (v1, used): (PartsV1, usize) =
             bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?;
         (v1.into(), used)
+    } else if version == 2 {
+        let (v2, used): (PartsV2, usize) =
+            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?;
+        (v2.into(), used)
     } else {
         bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?
     };

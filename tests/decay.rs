@@ -311,7 +311,27 @@ fn decayed_states_survive_state_files() {
     assert_eq!(back, d.stats);
     assert_eq!(back.weight(), d.stats.weight());
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 3);
+}
+
+/// A version-2 file: version 3's payload of a state without an expansion, less the final
+/// byte that says "no expansion", under a version-2 header.
+#[test]
+fn version_2_state_files_still_read() {
+    let d = decayed([0.5, 1.0], [30, 20, 25], 6);
+    let v3 = snapshot::encode(&d.stats);
+    assert_eq!(*v3.last().unwrap(), 0, "the payload should end with `None`");
+    let payload = &v3[snapshot::HEADER_LEN..v3.len() - 1];
+    let mut v2 = v3[..snapshot::HEADER_LEN].to_vec();
+    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+    v2[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    v2[32..36].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let crc = crc32fast::hash(&v2[..36]);
+    v2[36..40].copy_from_slice(&crc.to_le_bytes());
+    v2.extend_from_slice(payload);
+    let back = snapshot::decode(&v2, std::path::Path::new("v2.hs")).unwrap();
+    assert_eq!(back, d.stats);
+    assert_eq!(back.expansion(), None);
 }
 
 /// A named corruption of a state's parts.
@@ -382,11 +402,11 @@ fn version_1_state_files_read_with_weights_equal_to_counts() {
     relabelled[36..40].copy_from_slice(&crc.to_le_bytes());
     let err = snapshot::decode(&relabelled, std::path::Path::new("x.hs")).unwrap_err();
     assert!(err.to_string().contains("x.hs"), "{err}");
-    // Version 3 is named as unknown.
+    // Version 4 is named as unknown.
     let mut future = bytes;
-    future[8..12].copy_from_slice(&3u32.to_le_bytes());
+    future[8..12].copy_from_slice(&4u32.to_le_bytes());
     let crc = crc32fast::hash(&future[..36]);
     future[36..40].copy_from_slice(&crc.to_le_bytes());
     let err = snapshot::decode(&future, std::path::Path::new("new.hs")).unwrap_err();
-    assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
+    assert!(err.to_string().contains("reads versions 1 to 3"), "{err}");
 }

@@ -90,13 +90,13 @@ fn flipped_bits_are_caught_by_the_checksums() {
 #[test]
 fn other_versions_dimensions_and_files_are_refused_clearly() {
     let mut bytes = snapshot::encode(&sample_state());
-    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
     let header_crc = crc32fast::hash(&bytes[..36]);
     bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
     let err = decode(&bytes).unwrap_err();
     assert!(
         err.to_string()
-            .contains("version 3, but this build reads versions 1 to 2"),
+            .contains("version 4, but this build reads versions 1 to 3"),
         "{err}"
     );
 
@@ -141,7 +141,7 @@ fn a_hostile_length_inside_a_valid_checksum_fails_without_allocating() {
     s.update(&[1.0f32, 2.0], &[4]).unwrap();
     let mut bytes = snapshot::encode(&s);
     let last = bytes.len() - 1;
-    bytes.truncate(last); // one byte short of the task segment's last class sum
+    bytes.truncate(last); // one byte short: the expansion's `Option` is missing
     let err = decode(&reseal(bytes)).unwrap_err();
     assert!(matches!(err, SnapshotError::Invalid { .. }), "{err:?}");
 }
@@ -153,8 +153,10 @@ fn invalid_contents_are_named() {
     s.update(&[3.0f32, 4.0], &[9, 9]).unwrap();
     let bytes = snapshot::encode(&s);
     // The class entry (id 9, count 2, weight 2.0, sum [7.0]) ends the payload: 8-byte f64,
-    // length 1, 8-byte f64 weight, count 2, id 9 (zigzag 18), walking backwards.
-    let n = bytes.len();
+    // length 1, 8-byte f64 weight, count 2, id 9 (zigzag 18), walking backwards from the
+    // final byte (0: no expansion).
+    assert_eq!(bytes.last(), Some(&0));
+    let n = bytes.len() - 1;
     assert_eq!(&bytes[n - 19..n - 17], &[18, 2]);
     assert_eq!(bytes[n - 9], 1);
     assert_eq!(&bytes[n - 17..n - 9], &2.0f64.to_le_bytes());
@@ -167,7 +169,7 @@ fn invalid_contents_are_named() {
         "{err}"
     );
     let mut damaged = bytes.clone();
-    damaged[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes());
+    damaged[n - 8..n].copy_from_slice(&f64::NAN.to_le_bytes());
     let err = decode(&reseal(damaged)).unwrap_err();
     assert!(err.to_string().contains("class 9"), "{err}");
 }

@@ -88,6 +88,17 @@ pub enum BatchError {
         /// The offending value, as text.
         value: String,
     },
+    /// A row whose L1 norm is so large that its random-feature expansion could exceed
+    /// [`MAX_ABS_FEATURE`] (see [`crate::expand`]).
+    #[error(
+        "batch row {row}: its L1 norm {l1} times the largest entry of R (2√3) could exceed 1.56e144 after the random-feature expansion"
+    )]
+    ExpandedOutOfRange {
+        /// Row within the batch (0-based).
+        row: usize,
+        /// The row's L1 norm, as text.
+        l1: String,
+    },
 }
 
 /// The largest feature magnitude a batch may hold, 2⁴⁷⁹ ≈ 1.56e144: its square times 2⁶⁴

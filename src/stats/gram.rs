@@ -11,6 +11,7 @@ use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, Mat, MatRef, Par};
 
 use super::{ClassMoments, Feature, Moments};
+use crate::expand::Expanded;
 
 /// How each batch's product XᵀX is computed. The totals are f64 in both.
 ///
@@ -60,7 +61,7 @@ impl std::str::FromStr for Precision {
 
 /// Rows per product chunk: a converted chunk stays in cache, and a rank-512 update is still
 /// large enough to run at the kernel's full rate (measured: 512 beat 256, 1024 and 4096).
-const CHUNK_ROWS: usize = 512;
+pub(crate) const CHUNK_ROWS: usize = 512;
 
 /// A validated batch laid out for the reduction: its rows in column-major chunks of the
 /// product's precision (faer's product runs about 1.5 times faster on column-major rows),
@@ -194,6 +195,95 @@ impl Prepared {
                 transpose_chunks(&mut self.narrow, features, dim, threads, |v, _| v.to_f32());
             }
             Layout::Shifted32 => {}
+        }
+    }
+
+    /// Lays out one expanded chunk (column-major `rows × m`, at most [`CHUNK_ROWS`] rows):
+    /// f64 rows as they are, f32 rows shifted by their mean (fast precision) as in
+    /// [`fill`](Prepared::fill).
+    pub(crate) fn fill_expanded(&mut self, z: &Expanded, labels: &[i64], m: usize, precision: Precision) {
+        let rows = labels.len();
+        debug_assert!(rows <= CHUNK_ROWS);
+        self.dim = m;
+        self.rows = rows;
+        self.class_ids.clear();
+        self.class_ids.extend_from_slice(labels);
+        self.class_ids.sort_unstable();
+        self.class_ids.dedup();
+        let k = self.class_ids.len();
+        let slots: Vec<usize> = labels
+            .iter()
+            .map(|l| {
+                self.class_ids
+                    .binary_search(l)
+                    .expect("every label was collected")
+            })
+            .collect();
+        self.class_counts.clear();
+        self.class_counts.resize(k, 0);
+        for &slot in &slots {
+            self.class_counts[slot] += 1;
+        }
+        self.class_sums.clear();
+        self.class_sums.resize(k * m, 0.0);
+        self.sum.clear();
+        self.sum.resize(m, 0.0);
+        let mut accumulate = |j: usize, column: &mut dyn Iterator<Item = f64>| {
+            for (&slot, v) in slots.iter().zip(column) {
+                self.class_sums[slot * m + j] += v;
+            }
+        };
+        match z {
+            Expanded::Wide(v) => {
+                for (j, col) in v.chunks_exact(rows.max(1)).enumerate() {
+                    accumulate(j, &mut col.iter().copied());
+                }
+            }
+            Expanded::Narrow(v) => {
+                for (j, col) in v.chunks_exact(rows.max(1)).enumerate() {
+                    accumulate(j, &mut col.iter().map(|&x| f64::from(x)));
+                }
+            }
+        }
+        for sums in self.class_sums.chunks_exact(m) {
+            for (t, s) in self.sum.iter_mut().zip(sums) {
+                *t += s;
+            }
+        }
+        let widen = |wide: &mut Vec<f64>, v: &[f32]| {
+            wide.clear();
+            wide.extend(v.iter().map(|&x| f64::from(x)));
+        };
+        match z {
+            Expanded::Wide(v) => {
+                self.layout = Layout::Wide;
+                self.wide.clear();
+                self.wide.extend_from_slice(v);
+            }
+            Expanded::Narrow(v) if precision == Precision::Fast && rows > 0 => {
+                self.layout = Layout::Shifted32;
+                self.shift.clear();
+                self.shift
+                    .extend(self.sum.iter().map(|s| f64::from((s / rows as f64) as f32)));
+                self.narrow.clear();
+                let mut largest = 0f32;
+                for (j, col) in v.chunks_exact(rows).enumerate() {
+                    let shift = self.shift[j];
+                    self.narrow.extend(col.iter().map(|&x| {
+                        let y = (f64::from(x) - shift) as f32;
+                        largest = largest.max(y.abs());
+                        y
+                    }));
+                }
+                if f64::from(largest).powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
+                    self.layout = Layout::Wide;
+                    widen(&mut self.wide, v);
+                }
+            }
+            Expanded::Narrow(v) => {
+                self.layout = Layout::Wide;
+                widen(&mut self.wide, v);
+            }
         }
     }
 

@@ -24,11 +24,14 @@ pub use gram::Precision;
 pub(crate) use gram::Prepared;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use faer::Mat;
 
 use gram::Scratch;
+
+use crate::expand::{Expansion, RandomFeatures};
 
 /// The largest feature dimension a state may have: its Gram matrix alone then takes 32 GiB.
 /// Inputs that declare more (a file's columns, a state file's header) are refused with an
@@ -134,6 +137,18 @@ pub enum MergeError {
         /// Dimension of the other state.
         right: usize,
     },
+    /// The states expand their raw features differently (or one does not expand them).
+    #[error("cannot merge states with different expansions: {left} and {right}")]
+    Expansion {
+        /// The receiving state's expansion, as text (`none` without one).
+        left: String,
+        /// The other state's.
+        right: String,
+    },
+}
+
+fn describe(expansion: Option<&Expansion>) -> String {
+    expansion.map_or_else(|| "none".to_string(), |e| e.to_string())
 }
 
 /// Which samples a question about the state covers. Text and JSON: `all`, `task`.
@@ -269,6 +284,8 @@ pub struct StatsParts {
     pub before: SegmentParts,
     /// Samples since the last task boundary.
     pub task: SegmentParts,
+    /// The random-feature expansion the statistics are of (then `dim` is its M), if any.
+    pub expansion: Option<Expansion>,
 }
 
 /// One segment of [`StatsParts`].
@@ -415,6 +432,8 @@ pub struct Stats {
     task: Moments,
     tasks_begun: u64,
     version: u64,
+    /// Raw features are expanded before they are accumulated; `dim` is then its M.
+    expansion: Option<Arc<RandomFeatures>>,
     precision: Precision,
     /// Threads for each batch's product (not part of the statistics).
     threads: usize,
@@ -429,6 +448,7 @@ impl PartialEq for Stats {
             && self.before == other.before
             && self.task == other.task
             && self.tasks_begun == other.tasks_begun
+            && self.expansion() == other.expansion()
     }
 }
 
@@ -476,10 +496,50 @@ impl Stats {
             task: Moments::new(dim),
             tasks_begun: 0,
             version: next_version(),
+            expansion: None,
             precision,
             threads: default_threads(),
             scratch: Scratch::default(),
         }
+    }
+
+    /// The empty state of the random-feature expansion `spec`: [`update`](Stats::update)
+    /// takes raw `spec.input_dim`-dimensional features, and the statistics (and every head
+    /// solved from them) are of the `spec.features` expanded ones, z = ReLU(x·R).
+    ///
+    /// Each batch is expanded and accumulated 512 rows at a time, so the expanded batch is
+    /// never held whole. With [`Precision::Fast`] the projection x·R and the Gram product are
+    /// f32 (f64 totals); with [`Precision::Exact`] both are f64.
+    ///
+    /// # Examples
+    /// ```
+    /// use headstart::{expand::Expansion, stats::{Precision, Stats}};
+    /// let mut s = Stats::expanded(Expansion::new(2, 16, 0)?, Precision::Exact);
+    /// s.update(&[0.5f32, -1.0, 2.0, 0.25], &[3, 4])?;
+    /// assert_eq!((s.input_dim(), s.dim(), s.samples()), (2, 16, 2));
+    /// assert!(s.update(&[0.5f32, -1.0, 2.0], &[3]).is_err()); // rows of 2 raw features
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn expanded(spec: Expansion, precision: Precision) -> Self {
+        let mut stats = Stats::with_precision(spec.features, precision);
+        stats.expansion = Some(Arc::new(RandomFeatures::new(spec)));
+        stats
+    }
+
+    /// The expansion the statistics are of, if any.
+    pub fn expansion(&self) -> Option<&Expansion> {
+        self.expansion.as_deref().map(RandomFeatures::spec)
+    }
+
+    /// The expansion with its matrix R (shared with clones of this state), if any.
+    pub fn random_features(&self) -> Option<&Arc<RandomFeatures>> {
+        self.expansion.as_ref()
+    }
+
+    /// The dimension of the features [`update`](Stats::update) takes: the expansion's
+    /// input dimension, or [`dim`](Stats::dim) without one.
+    pub fn input_dim(&self) -> usize {
+        self.expansion().map_or(self.dim, |e| e.input_dim)
     }
 
     /// The precision of each batch's product in [`update`](Stats::update) and
@@ -648,16 +708,65 @@ impl Stats {
     /// # Ok::<(), headstart::stats::BatchError>(())
     /// ```
     pub fn update<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
-        validate_batch(features, labels, self.dim)?;
+        self.validate(features, labels)?;
         self.update_validated(features, labels);
         Ok(())
+    }
+
+    /// Checks a batch of raw features for this state ([`validate_batch`], and the expanded
+    /// magnitude bound for an expanded state).
+    ///
+    /// # Errors
+    /// As [`update`](Stats::update).
+    pub fn validate<T: Feature>(&self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
+        match &self.expansion {
+            Some(rf) => rf.validate(features, labels),
+            None => validate_batch(features, labels, self.dim),
+        }
+    }
+
+    /// Expands `chunk` (at most 512 rows) and lays it out for [`apply`](Stats::apply).
+    pub(crate) fn prepare_expanded<T: Feature>(
+        rf: &RandomFeatures,
+        chunk: &[T],
+        labels: &[i64],
+        precision: Precision,
+        par: faer::Par,
+        prepared: &mut Prepared,
+    ) {
+        let z = rf.expand_chunk(chunk, precision == Precision::Exact, par);
+        prepared.fill_expanded(&z, labels, rf.spec().features, precision);
+    }
+
+    /// Applies `sign` × the expansion of a validated batch, chunk by chunk.
+    fn apply_expanded<T: Feature>(&mut self, rf: &RandomFeatures, features: &[T], labels: &[i64], sign: f64) {
+        let d = rf.spec().input_dim;
+        let par = if self.threads > 1 {
+            faer::Par::rayon(self.threads)
+        } else {
+            faer::Par::Seq
+        };
+        let mut prepared = std::mem::take(&mut self.scratch.prepared);
+        for (chunk, chunk_labels) in features
+            .chunks(gram::CHUNK_ROWS * d)
+            .zip(labels.chunks(gram::CHUNK_ROWS))
+        {
+            Stats::prepare_expanded(rf, chunk, chunk_labels, self.precision, par, &mut prepared);
+            prepared.apply(&mut self.task, sign, &mut self.scratch.product, self.threads);
+        }
+        self.scratch.prepared = prepared;
     }
 
     /// [`update`](Stats::update) of a batch that [`validate_batch`] accepted for this
     /// dimension (the pipeline validates on the producer's thread, not the reducer's).
     pub(crate) fn update_validated<T: Feature>(&mut self, features: &[T], labels: &[i64]) {
-        debug_assert!(validate_batch(features, labels, self.dim).is_ok());
+        debug_assert!(self.validate(features, labels).is_ok());
         if labels.is_empty() {
+            return;
+        }
+        if let Some(rf) = self.expansion.clone() {
+            self.apply_expanded(&rf, features, labels, 1.0);
+            self.version = next_version();
             return;
         }
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
@@ -719,7 +828,7 @@ impl Stats {
     /// # Ok::<(), headstart::stats::RetractError>(())
     /// ```
     pub fn retract<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), RetractError> {
-        validate_batch(features, labels, self.dim)?;
+        self.validate(features, labels)?;
         let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
         for &l in labels {
             *counts.entry(l).or_insert(0) += 1;
@@ -747,10 +856,14 @@ impl Stats {
         if labels.is_empty() {
             return Ok(());
         }
-        let mut prepared = std::mem::take(&mut self.scratch.prepared);
-        prepared.fill(features, labels, self.dim, self.precision, self.threads);
-        prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
-        self.scratch.prepared = prepared;
+        if let Some(rf) = self.expansion.clone() {
+            self.apply_expanded(&rf, features, labels, -1.0);
+        } else {
+            let mut prepared = std::mem::take(&mut self.scratch.prepared);
+            prepared.fill(features, labels, self.dim, self.precision, self.threads);
+            prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
+            self.scratch.prepared = prepared;
+        }
         self.task.drop_emptied();
         self.version = next_version();
         Ok(())
@@ -833,6 +946,12 @@ impl Stats {
                 right: other.dim,
             });
         }
+        if self.expansion() != other.expansion() {
+            return Err(MergeError::Expansion {
+                left: describe(self.expansion()),
+                right: describe(other.expansion()),
+            });
+        }
         self.before.add(&other.before);
         self.task.add(&other.task);
         self.tasks_begun = self.tasks_begun.max(other.tasks_begun);
@@ -896,6 +1015,7 @@ impl Stats {
             tasks_begun: self.tasks_begun,
             before: SegmentParts::of(&self.before),
             task: SegmentParts::of(&self.task),
+            expansion: self.expansion().copied(),
         }
     }
 
@@ -914,6 +1034,15 @@ impl Stats {
         }
         // Every segment is checked before its d × d matrix is allocated, so the memory used
         // is proportional to the data given (a hostile dimension alone allocates nothing).
+        if let Some(e) = &parts.expansion {
+            e.check().map_err(|e| e.to_string())?;
+            if e.features != dim {
+                return Err(format!(
+                    "the expansion has {} features but the statistics have dimension {dim}",
+                    e.features
+                ));
+            }
+        }
         let before = parts.before.restore(dim, "before-task")?;
         let task = parts.task.restore(dim, "task")?;
         Ok(Stats {
@@ -922,6 +1051,7 @@ impl Stats {
             task,
             tasks_begun: parts.tasks_begun,
             version: next_version(),
+            expansion: parts.expansion.map(|e| Arc::new(RandomFeatures::new(e))),
             precision: Precision::Exact,
             threads: default_threads(),
             scratch: Scratch::default(),
