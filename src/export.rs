@@ -105,6 +105,9 @@ pub fn to_safetensors(head: &Head, prefix: &str, extra: &BTreeMap<String, String
     ] {
         meta.insert(key.to_string(), value);
     }
+    if let Some(e) = &info.expansion {
+        meta.insert("expansion".to_string(), e.to_json());
+    }
     safetensors::tensor::serialize(tensors, Some(meta)).expect("a head's header is small")
 }
 
@@ -300,6 +303,11 @@ fn info_from_metadata(path: &Path, meta: &BTreeMap<String, String>) -> Result<He
             .get("class_counts")
             .and_then(|v| serde_json::from_str(v).ok())
             .ok_or_else(|| content(path, "metadata 'class_counts' is missing or malformed".into()))?,
+        expansion: meta
+            .get("expansion")
+            .map(|v| crate::expand::Expansion::from_json(v))
+            .transpose()
+            .map_err(|e| content(path, format!("metadata 'expansion': {e}")))?,
     })
 }
 
@@ -350,6 +358,15 @@ pub fn decode_head(bytes: &[u8], prefix: &str, origin: &Path) -> Result<StoredHe
                 "metadata 'class_counts' has {} entries for {} rows",
                 info.class_counts.len(),
                 w.rows
+            ),
+        ));
+    }
+    if let Some(e) = info.expansion.filter(|e| e.features != w.cols) {
+        return Err(content(
+            path,
+            format!(
+                "metadata 'expansion' has {} features but the weight has {} columns",
+                e.features, w.cols
             ),
         ));
     }

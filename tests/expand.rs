@@ -209,3 +209,36 @@ fn inconsistent_expansion_parts_are_refused() {
     parts.expansion.as_mut().unwrap().version = 9;
     assert!(Stats::from_parts(parts).unwrap_err().contains("version 9"));
 }
+
+#[test]
+fn heads_of_expanded_statistics_carry_the_spec_through_files() {
+    use headstart::export;
+    use headstart::solve::{SolveOptions, Solver};
+    let spec = Expansion::new(3, 24, 5).unwrap();
+    let (x, labels) = data(400, 3, 7);
+    let mut s = Stats::expanded(spec, Precision::Exact);
+    s.update(&x, &labels).unwrap();
+    let head = Solver::new().solve(&s, &SolveOptions::default()).unwrap();
+    assert_eq!((head.dim, head.info.expansion), (24, Some(spec)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("head.safetensors");
+    export::write_head(&path, &head, "", &Default::default()).unwrap();
+    let back = export::read_head(&path, "").unwrap();
+    assert_eq!(back.info.expansion, Some(spec));
+    assert_eq!(Expansion::from_json(&back.metadata["expansion"]).unwrap(), spec);
+    // A plain head has none.
+    let mut plain = Stats::new(3);
+    plain.update(&x, &labels).unwrap();
+    let head = Solver::new().solve(&plain, &SolveOptions::default()).unwrap();
+    export::write_head(&path, &head, "", &Default::default()).unwrap();
+    assert_eq!(export::read_head(&path, "").unwrap().info.expansion, None);
+    // A spec that does not fit the weight is named.
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert(
+        "expansion".to_string(),
+        Expansion::new(3, 25, 5).unwrap().to_json(),
+    );
+    export::write_head(&path, &head, "", &extra).unwrap();
+    let err = export::read_head(&path, "").unwrap_err().to_string();
+    assert!(err.contains("25 features") && err.contains("3 columns"), "{err}");
+}

@@ -380,6 +380,7 @@ fn random_rows(classes: &[i64], dim: usize, rng: &mut ChaCha8Rng) -> Head {
         class_ids: classes.to_vec(),
         dim,
         info: crate::solve::HeadInfo {
+            expansion: None,
             form: Form::Nc,
             scope: Scope::Task,
             lambda: 0.0,

@@ -290,6 +290,9 @@ pub struct HeadInfo {
     pub samples: u64,
     /// Samples of each solved class in the scope, in row order.
     pub class_counts: Vec<u64>,
+    /// The random-feature expansion the head's inputs go through, if the statistics had one:
+    /// the head then takes z = ReLU(x·R) (`dim` = M), and exported files carry the spec.
+    pub expansion: Option<crate::expand::Expansion>,
 }
 
 /// A solved linear head: `logits = weight · x + bias`, row `i` for class `class_ids[i]`.
@@ -533,6 +536,7 @@ impl Solver {
                 bias: opts.bias,
                 samples: factor.samples,
                 class_counts: counts,
+                expansion: stats.expansion().copied(),
             },
         })
     }
