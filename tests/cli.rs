@@ -514,3 +514,57 @@ fn out_of_range_durations_are_usage_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn fit_and_ingest_expand_to_random_features() {
+    use headstart::expand::Expansion;
+    use headstart::stats::Precision;
+    let f = Fixture::new(700);
+    let out = f.fit(
+        "h.safetensors",
+        &[
+            "--expand",
+            "40",
+            "--expand-seed",
+            "9",
+            "--lambda",
+            "0.01",
+            "--batch",
+            "300",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = read_head(&f.path("h.safetensors"), "").unwrap();
+    let spec = Expansion::new(D, 40, 9).unwrap();
+    assert_eq!((stored.dim, stored.info.expansion), (40, Some(spec)));
+    let mut stats = Stats::expanded(spec, Precision::Exact);
+    stats.update(&f.x, &f.y).unwrap();
+    let opts = SolveOptions {
+        lambda: 0.01.into(),
+        ..Default::default()
+    };
+    let head = Solver::new().solve(&stats, &opts).unwrap();
+    assert!(rel_err(&stored.weight, &head.weight) < F32_STORAGE_REL_TOL);
+    assert!(rel_err(&stored.bias, &head.bias) < F32_STORAGE_REL_TOL);
+
+    // ingest records the spec and refuses to extend a state with another one.
+    let (x, y, s) = (f.s("x.npy"), f.s("y.npy"), f.s("s.hs"));
+    let ingest = |extra: &[&str]| {
+        let mut args = vec!["ingest", "--features", &x, "--labels", &y, "--state", &s];
+        args.extend_from_slice(extra);
+        headstart(&args)
+    };
+    assert!(ingest(&["--expand", "40", "--expand-seed", "9"]).status.success());
+    let state = headstart::snapshot::read(&f.path("s.hs")).unwrap();
+    assert_eq!(state.expansion(), Some(&spec));
+    assert_one_line_error(
+        &ingest(&["--expand", "40"]),
+        &["s.hs", "--expand-seed 9", "--expand-seed 0"],
+    );
+    assert_one_line_error(&ingest(&[]), &["s.hs", "without --expand"]);
+    assert_one_line_error(
+        &f.fit("z.safetensors", &["--expand", "0"]),
+        &["--expand", "feature count 0"],
+    );
+    assert!(!f.path("z.safetensors").exists());
+}

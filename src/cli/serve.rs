@@ -24,9 +24,15 @@ pub struct ServeArgs {
     /// The state file: loaded if it exists, replaced atomically at every checkpoint.
     #[arg(long)]
     state: PathBuf,
-    /// Feature dimension of a new state (required when --state does not exist yet).
+    /// Feature dimension of a new state (required when --state does not exist yet); with
+    /// --expand, the raw features' dimension that clients send.
     #[arg(long)]
     dim: Option<usize>,
+    /// exact or fast products for the batches (as `fit --precision`).
+    #[arg(long, default_value = "exact")]
+    precision: headstart::stats::Precision,
+    #[command(flatten)]
+    expand: super::stream::ExpandArgs,
     /// Checkpoint this often (seconds, more than 0, at most a year) when the state changed;
     /// SYNC and SIGTERM always do.
     #[arg(long, value_parser = parse_seconds)]
@@ -88,10 +94,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     let mut state = if args.state.exists() {
-        let s = snapshot::read(&args.state)?;
-        if let Some(d) = args.dim.filter(|&d| d != s.dim()) {
-            bail!("--dim {d} but {} has dimension {}", args.state.display(), s.dim());
+        let mut s = snapshot::read(&args.state)?;
+        if let Some(d) = args.dim.filter(|&d| d != s.input_dim()) {
+            bail!(
+                "--dim {d} but {} has dimension {}",
+                args.state.display(),
+                s.input_dim()
+            );
         }
+        let asked = args.expand.spec(s.input_dim())?;
+        if args.expand.expand.is_some() && asked.as_ref() != s.expansion() {
+            bail!(
+                "{} was built {} but serve runs {}",
+                args.state.display(),
+                super::state::expansion_text(s.expansion()),
+                super::state::expansion_text(asked.as_ref())
+            );
+        }
+        s.set_precision(args.precision);
         s
     } else {
         match args.dim {
@@ -102,7 +122,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     headstart::stats::MAX_DIM
                 )
             }
-            Some(d) => Stats::new(d),
+            Some(d) => match args.expand.spec(d)? {
+                Some(spec) => Stats::expanded(spec, args.precision),
+                None => Stats::with_precision(d, args.precision),
+            },
             None => bail!(
                 "{} does not exist; pass --dim to start an empty state",
                 args.state.display()

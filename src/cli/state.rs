@@ -44,15 +44,24 @@ pub fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     // state file as it was.
     let streamed = stream_files(&features, &labels, &config)?;
     let mut state = match existing {
-        Some(s) if s.dim() != streamed.dim => bail!(
+        Some(s) if s.input_dim() != streamed.dim => bail!(
             "{} has dimension {} but {} has {} columns",
             args.state.display(),
-            s.dim(),
+            s.input_dim(),
             args.input.features.display(),
             streamed.dim
         ),
+        Some(s) if s.expansion() != streamed.train.expansion() => bail!(
+            "{} was built {} but this ingest runs {}: pass the same --expand and --expand-seed",
+            args.state.display(),
+            expansion_text(s.expansion()),
+            expansion_text(streamed.train.expansion())
+        ),
         Some(s) => s,
-        None => Stats::new(streamed.dim),
+        None => match streamed.train.expansion() {
+            Some(&spec) => Stats::expanded(spec, config.precision),
+            None => Stats::new(streamed.dim),
+        },
     };
     let before = state.samples();
     if let Some(gamma) = args.decay {
@@ -100,6 +109,9 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("decode checked the header"));
     outln!("format: version {version} ({} bytes)", bytes.len())?;
     outln!("dimension: {}", state.dim())?;
+    if let Some(e) = state.expansion() {
+        outln!("expansion: {e} (input dimension {})", e.input_dim)?;
+    }
     outln!(
         "samples: {} ({} since the last task boundary)",
         state.samples(),
@@ -243,5 +255,13 @@ fn parse_gamma(text: &str) -> Result<f64, String> {
         Ok(gamma)
     } else {
         Err(format!("{gamma} is not in (0, 1]"))
+    }
+}
+
+/// How a state expands its input, in the options' words.
+pub(crate) fn expansion_text(e: Option<&headstart::expand::Expansion>) -> String {
+    match e {
+        Some(e) => format!("with --expand {} --expand-seed {}", e.features, e.seed),
+        None => "without --expand".to_string(),
     }
 }

@@ -25,6 +25,30 @@ pub struct StreamArgs {
     /// Threads computing each batch's product (0: every available core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub expand: ExpandArgs,
+}
+
+/// The random-feature expansion of `fit`, `ingest` and `serve`.
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct ExpandArgs {
+    /// Accumulate M random features z = ReLU(x·R) instead of the raw features (R is
+    /// regenerated from --expand-seed, never stored; docs/math.md, "Random features").
+    #[arg(long, value_name = "M")]
+    pub expand: Option<usize>,
+    /// The seed of R for --expand.
+    #[arg(long, value_name = "S", default_value_t = 0, requires = "expand")]
+    pub expand_seed: u64,
+}
+
+impl ExpandArgs {
+    /// The expansion of `dim` raw features, if asked for.
+    pub fn spec(&self, dim: usize) -> anyhow::Result<Option<headstart::expand::Expansion>> {
+        self.expand
+            .map(|m| headstart::expand::Expansion::new(dim, m, self.expand_seed))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--expand: {e}"))
+    }
 }
 
 impl StreamArgs {
@@ -36,6 +60,8 @@ impl StreamArgs {
             split,
             precision: self.precision,
             threads: self.threads,
+            expand: self.expand.expand,
+            expand_seed: self.expand.expand_seed,
         }
     }
 }

@@ -71,6 +71,11 @@ pub struct StreamConfig {
     pub precision: Precision,
     /// Threads of each batch's product (0: every available core).
     pub threads: usize,
+    /// Expand the features to this many random features (`crate::expand`): the states are
+    /// then of z = ReLU(x·R), with R seeded by `expand_seed`.
+    pub expand: Option<usize>,
+    /// The seed of R when `expand` is set.
+    pub expand_seed: u64,
 }
 
 impl Default for StreamConfig {
@@ -82,6 +87,8 @@ impl Default for StreamConfig {
             split: None,
             precision: Precision::Exact,
             threads: 0,
+            expand: None,
+            expand_seed: 0,
         }
     }
 }
@@ -95,7 +102,7 @@ pub struct Streamed {
     pub validation: Option<Stats>,
     /// Rows read.
     pub rows: u64,
-    /// Feature dimension.
+    /// Feature dimension of the input (the raw features, before any expansion).
     pub dim: usize,
 }
 
@@ -138,6 +145,9 @@ pub enum StreamError {
     /// `batch` or `producers` is 0.
     #[error("batch and producers must be at least 1")]
     Config,
+    /// The expansion asked for is not valid.
+    #[error("--expand: {0}")]
+    Expansion(#[from] crate::expand::ExpansionError),
 }
 
 /// ` (column 'emb')` after a path, or nothing.
@@ -275,7 +285,17 @@ pub fn stream_pair(
     drop(x);
 
     let capacity = 2 * config.producers;
-    let state = || Stats::with_precision(dim, config.precision).with_threads(config.threads);
+    let expansion = config
+        .expand
+        .map(|m| crate::expand::Expansion::new(dim, m, config.expand_seed))
+        .transpose()?;
+    let state = || {
+        match expansion {
+            Some(spec) => Stats::expanded(spec, config.precision),
+            None => Stats::with_precision(dim, config.precision),
+        }
+        .with_threads(config.threads)
+    };
     let (train_tx, train_reducer) = pipeline::spawn(state(), capacity);
     let val = config.split.map(|_| pipeline::spawn(state(), capacity));
     let (val_tx, val_reducer) = match val {

@@ -178,7 +178,8 @@ impl Server {
         }
         .map_err(listen_error)?;
 
-        let dim = initial.dim();
+        // Clients send raw features: an expanded state expands them on the pipeline.
+        let dim = initial.input_dim();
         let samples = initial.samples();
         let (producer, reducer) = pipeline::spawn(initial, config.channel_capacity);
         let shared = Arc::new(Shared {
@@ -711,6 +712,8 @@ fn stats(shared: &Shared) -> Reply {
                 .collect();
             let summary = serde_json::json!({
                 "dim": state.dim(),
+                "input_dim": state.input_dim(),
+                "expansion": state.expansion(),
                 "samples": state.samples(),
                 "task_samples": state.task_samples(),
                 "tasks_begun": state.tasks_begun(),
