@@ -27,11 +27,21 @@ heads there::
 chunked or not; read in place) and `Stats.update_table(table, feature_column, label_column)`
 a pyarrow Table; pyarrow is imported only when given one.
 
+`headstart.RandomFeatures(dim, m, seed)` expands features to z = ReLU(x·R) with a seeded R that
+is never stored (RanPAC's random projection); `Stats(dim, expand=RandomFeatures(...))` takes raw
+features and accumulates the statistics of z, and its heads (and their files) carry the spec::
+
+    rf = headstart.RandomFeatures(768, 8192, seed=0)
+    stats = headstart.Stats(768, expand=rf)    # stats.dim == 8192, stats.input_dim == 768
+    stats.update(features, labels)             # raw (B, 768) features
+    head = stats.solve(form="ridge", lam="rel:1e-3")
+    logits = rf.transform(features) @ head.weight.T + head.bias
+
 `headstart.torch` puts heads into `torch.nn.Linear` layers and all-reduces statistics across
 the processes of a torch.distributed job; `headstart.ray.accumulate` computes the statistics
 of a Ray Dataset in Ray's workers (Ray is imported only there).
 """
 
-from ._native import Client, Head, ServerError, Stats, __version__
+from ._native import Client, Head, RandomFeatures, ServerError, Stats, __version__
 
-__all__ = ["Stats", "Head", "Client", "ServerError", "__version__"]
+__all__ = ["Stats", "Head", "RandomFeatures", "Client", "ServerError", "__version__"]

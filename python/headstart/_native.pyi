@@ -14,9 +14,17 @@ _Path = Union[str, PathLike[str]]
 class Stats:
     """Streaming sufficient statistics for least-squares heads (float64, exact, mergeable)."""
 
-    def __init__(self, dim: int, precision: str = "exact", threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        precision: str = "exact",
+        threads: Optional[int] = None,
+        expand: Optional[RandomFeatures] = None,
+    ) -> None:
         """A state for `dim` features; `precision="fast"` computes batch products in float32;
-        `threads` computes them on that many threads (None or 0: every available core)."""
+        `threads` computes them on that many threads (None or 0: every available core).
+        With `expand=RandomFeatures(dim, m, seed)`, `update` takes raw (B, dim) features and
+        the statistics are of z = ReLU(x·R): `dim` becomes m, `input_dim` stays dim."""
     threads: int
     """Threads computing each batch's product (settable; 0 means every available core)."""
     def update(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
@@ -42,7 +50,13 @@ class Stats:
     @property
     def task_weight(self) -> float: ...
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """The statistics' dimension (the expansion's m for an expanded state)."""
+    @property
+    def input_dim(self) -> int:
+        """The dimension of the features `update` takes."""
+    @property
+    def expansion(self) -> Optional[RandomFeatures]: ...
     @property
     def tasks_begun(self) -> int: ...
     @property
@@ -102,8 +116,29 @@ class Head:
     def scope(self) -> str: ...
     @property
     def samples(self) -> int: ...
+    @property
+    def expansion(self) -> Optional[RandomFeatures]:
+        """The expansion its inputs go through (then `dim` is its m), or None."""
     def save(self, path: _Path, prefix: str = "") -> None:
-        """Writes the CLI's safetensors format."""
+        """Writes the CLI's safetensors format (with the expansion's spec, if any)."""
+
+class RandomFeatures:
+    """z = ReLU(x·R), R (dim, m) regenerated bit for bit from `seed` (Philox4x32-10)."""
+
+    def __init__(self, dim: int, m: int, seed: int = 0) -> None: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def m(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def spec(self) -> str:
+        """The spec as JSON, as state and head files record it."""
+    def matrix(self) -> npt.NDArray[np.float32]:
+        """R, (dim, m) float32."""
+    def transform(self, x: npt.ArrayLike) -> npt.NDArray[Any]:
+        """ReLU(x @ R): float32 in and out (f32 products), or float64 in and out (f64)."""
 
 class ServerError(Exception):
     """The server answered with an ERROR frame."""

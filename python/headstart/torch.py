@@ -13,6 +13,8 @@ accumulated across the processes of a torch.distributed job.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -23,21 +25,141 @@ import torch
 from ._native import Head, Stats, fit_scale
 from ._safetensors import read_safetensors
 
-__all__ = ["init_rows", "RowInit", "grow", "load_head", "all_reduce", "LoadedHead"]
+__all__ = [
+    "init_rows",
+    "RowInit",
+    "grow",
+    "load_head",
+    "all_reduce",
+    "LoadedHead",
+    "RandomFeatures",
+    "Accumulator",
+]
+
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+_MASK32 = 0xFFFFFFFF
+# R's entries: (w0 + w1 + w2 + w3 - (2^33 - 2)) * sqrt(3) / 2^32, as Rust computes them.
+_CENTRE = (1 << 33) - 2
+_ENTRY_SCALE = math.sqrt(3.0) / 4294967296.0
 
 
-@dataclass
-class LoadedHead:
-    """A head read from a file: `weight` (C, d), `bias` (C,), `class_ids` (C,), as tensors."""
+def _mulhilo(a: torch.Tensor, m: int):
+    """(hi, lo) 32-bit halves of a * m for uint32 values held in int64, without overflow:
+    a is split into 16-bit halves so that every product stays below 2^48."""
+    a_lo, a_hi = a & 0xFFFF, a >> 16
+    p_lo, p_hi = a_lo * m, a_hi * m
+    lo = (p_lo + ((p_hi & 0xFFFF) << 16)) & _MASK32
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    return hi, lo
 
-    weight: torch.Tensor
-    bias: torch.Tensor
-    class_ids: torch.Tensor
-    metadata: dict
+
+def philox4x32_10(c0, c1, c2, c3, key: tuple):
+    """Philox4x32-10 (Random123) of int64 tensors holding uint32 counter words, under a key of
+    two uint32 ints: the four uint32 output words, as int64 tensors."""
+    k0, k1 = key
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK32, (k1 + _PHILOX_W[1]) & _MASK32
+        hi0, lo0 = _mulhilo(c0, _PHILOX_M[0])
+        hi1, lo1 = _mulhilo(c2, _PHILOX_M[1])
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+class RandomFeatures(torch.nn.Module):
+    """z = ReLU(x @ R), with R (dim, m) regenerated on the input's device from `seed`, bit for
+    bit the R of `headstart.RandomFeatures(dim, m, seed)` (Philox4x32-10 in int64 tensor
+    arithmetic, no transcendental functions; docs/math.md, "Random features"). R is never
+    stored: it is not in `state_dict()`; it is generated in column blocks on first use on a
+    device and kept for later calls there.
+
+        rf = RandomFeatures(768, 8192, seed=0)
+        z = rf(x)                                # x (B, 768) on any device, float32/float64
+    """
+
+    def __init__(self, dim: int, m: int, seed: int = 0, block: int = 1024):
+        super().__init__()
+        if not (1 <= dim <= 65536 and 1 <= m <= 65536):
+            raise ValueError(f"RandomFeatures: dim {dim} and m {m} must lie in 1..=65536")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"RandomFeatures: seed {seed} must lie in 0..2^64")
+        self.dim, self.m, self.seed, self.block = int(dim), int(m), int(seed), int(block)
+        self._cache: dict = {}
+
+    @classmethod
+    def of(cls, rf) -> "RandomFeatures":
+        """The torch module of a `headstart.RandomFeatures` (or of a spec's JSON text)."""
+        if isinstance(rf, str):
+            spec = json.loads(rf)
+            if spec.get("version") != 1 or spec.get("generator") != "philox4x32-10" or spec.get("activation") != "relu":
+                raise ValueError(f"expansion spec {rf} is not one this version reproduces")
+            return cls(int(spec["input_dim"]), int(spec["features"]), int(spec["seed"]))
+        return cls(rf.dim, rf.m, rf.seed)
+
+    def native(self):
+        """The same expansion as a `headstart.RandomFeatures` (for `Stats(dim, expand=...)`)."""
+        from ._native import RandomFeatures as Native
+
+        return Native(self.dim, self.m, self.seed)
+
+    def matrix(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """R (dim, m) on `device` in `dtype` (float32 values, widened exactly for float64)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self._generate(device).to(dtype)
+        return self._cache[key]
+
+    def _generate(self, device) -> torch.Tensor:
+        r = torch.empty(self.dim, self.m, dtype=torch.float32, device=device)
+        key = (self.seed & _MASK32, self.seed >> 32)
+        rows = torch.arange(self.dim, dtype=torch.int64, device=device)[:, None]
+        for j0 in range(0, self.m, self.block):
+            j1 = min(j0 + self.block, self.m)
+            cols = torch.arange(j0, j1, dtype=torch.int64, device=device)[None, :]
+            c0 = cols.expand(self.dim, j1 - j0)
+            c1 = rows.expand(self.dim, j1 - j0)
+            zero = torch.zeros_like(c0)
+            w = philox4x32_10(c0, c1, zero, zero, key)
+            centred = (w[0] + w[1] + w[2] + w[3]) - _CENTRE
+            r[:, j0:j1] = (centred.to(torch.float64) * _ENTRY_SCALE).to(torch.float32)
+        return r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"RandomFeatures: input has {x.shape[-1]} features, expected {self.dim}")
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        return torch.relu(x.to(dtype) @ self.matrix(x.device, dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, {self.m}, seed={self.seed}"
+
+
+class LoadedHead(torch.nn.Module):
+    """A head read from a file: `weight` (C, d), `bias` (C,), `class_ids` (C,) as buffers (they
+    move with `.to(device)`), the file's `metadata`, and `expansion`, the `RandomFeatures` the
+    head's inputs go through (None for a plain head). Calling it gives the logits of raw
+    features: `head(x)` = expansion(x) @ weight.T + bias, on the device the head is on."""
+
+    def __init__(self, weight, bias, class_ids, metadata, expansion: Optional[RandomFeatures] = None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.register_buffer("class_ids", class_ids)
+        self.metadata = metadata
+        self.expansion = expansion
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.expansion is not None:
+            x = self.expansion(x)
+        return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
 def load_head(path: Union[str, os.PathLike], prefix: Optional[str] = None) -> LoadedHead:
-    """Reads a head file written by headstart (`fit`, `solve`, `Head.save`).
+    """Reads a head file written by headstart (`fit`, `solve`, `Head.save`) as a `LoadedHead`:
+    a module whose call gives the logits of raw features on its device (applying the
+    random-feature expansion the file records, if any), with the tensors as attributes.
 
     `prefix` is the tensor-name prefix (e.g. "fc."). With None it is found from the file: the
     one prefix under which `weight`, `bias` and `class_ids` all exist. A leading "module." (as
@@ -63,7 +185,15 @@ def load_head(path: Union[str, os.PathLike], prefix: Optional[str] = None) -> Lo
     weight, bias, ids = get("weight"), get("bias"), get("class_ids").long()
     if weight.ndim != 2 or bias.shape != (weight.shape[0],) or ids.shape != (weight.shape[0],):
         raise ValueError(f"{path}: shapes {tuple(weight.shape)}, {tuple(bias.shape)}, {tuple(ids.shape)} do not form a head")
-    return LoadedHead(weight, bias, ids, metadata)
+    expansion = None
+    if "expansion" in metadata:
+        try:
+            expansion = RandomFeatures.of(metadata["expansion"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: metadata 'expansion': {e}") from None
+        if expansion.m != weight.shape[1]:
+            raise ValueError(f"{path}: the expansion has {expansion.m} features but the weight has {weight.shape[1]} columns")
+    return LoadedHead(weight, bias, ids, metadata, expansion)
 
 
 def _as_tensors(head: Union[Head, LoadedHead]):
@@ -552,11 +682,15 @@ def all_reduce(stats: Stats, group=None) -> Stats:
     dim = int(parts["dim"])
     local_ids = sorted({int(i) for s in _SEGMENTS for i in parts[s]["class_ids"]})
     gathered = [None] * dist.get_world_size(group)
-    dist.all_gather_object(gathered, (dim, local_ids), group=group)
-    dims = sorted({d for d, _ in gathered})
+    expansion = parts.get("expansion")
+    dist.all_gather_object(gathered, (dim, expansion, local_ids), group=group)
+    dims = sorted({d for d, _, _ in gathered})
     if len(dims) != 1:
         raise ValueError(f"all_reduce: the ranks' states have different dimensions {dims}")
-    union = sorted(set().union(*(set(ids) for _, ids in gathered)))
+    specs = sorted({str(e) for _, e, _ in gathered})
+    if len(specs) != 1:
+        raise ValueError(f"all_reduce: the ranks' states have different expansions {specs}")
+    union = sorted(set().union(*(set(ids) for _, _, ids in gathered)))
     slot = {cid: k for k, cid in enumerate(union)}
     k = len(union)
     tri = dim * (dim + 1) // 2
@@ -583,7 +717,7 @@ def all_reduce(stats: Stats, group=None) -> Stats:
     dist.all_reduce(tasks, op=dist.ReduceOp.MAX, group=group)
     flat = flat.cpu().numpy()
 
-    out = {"dim": dim, "tasks_begun": int(tasks.item())}
+    out = {"dim": dim, "tasks_begun": int(tasks.item()), "expansion": expansion}
     at = 0
 
     def take(n):
@@ -609,3 +743,162 @@ def all_reduce(stats: Stats, group=None) -> Stats:
             "class_sums": sums[present].copy(),
         }
     return Stats._from_parts(out)
+
+
+class Accumulator:
+    """Statistics accumulated where the features are: on the tensors' device (CUDA, say), so
+    no batch leaves it. `update(x, y)` adds XᵀX (or ZᵀZ for z = ReLU(x @ R) with `expand=`),
+    the class sums and the counts on the device; every `fold_every` batches, and on `stats()`,
+    the device totals are added exactly (float64) into a `headstart.Stats` and reset.
+
+    Products are float32 by default (each batch shifted by its float32 mean, the shift undone
+    in float64, as `Stats(precision="fast")` does); `precision="exact"` makes them float64.
+    Totals, class sums and counts are float64 on the device in both.
+
+        acc = Accumulator(768, device="cuda", expand=RandomFeatures(768, 8192))
+        for x, y in loader:                      # x (B, 768) on the GPU, y (B,) integers
+            acc.update(backbone(x), y)
+        stats = acc.stats()                      # a headstart.Stats of the expanded features
+        head = stats.solve(form="ridge")
+
+    `stats=` folds into an existing `Stats` of the same dimension and expansion instead of a new
+    one. Memory on the device: one (M, M) float64 total plus one (M, M) product.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        device=None,
+        expand: Optional[RandomFeatures] = None,
+        precision: str = "fast",
+        fold_every: int = 16,
+        stats: Optional[Stats] = None,
+    ):
+        if precision not in ("fast", "exact"):
+            raise ValueError(f"Accumulator: precision must be 'fast' or 'exact', got {precision!r}")
+        if fold_every < 1:
+            raise ValueError(f"Accumulator: fold_every must be at least 1, got {fold_every}")
+        if expand is not None and not isinstance(expand, RandomFeatures):
+            expand = RandomFeatures.of(expand)
+        if expand is not None and expand.dim != dim:
+            raise ValueError(f"Accumulator: expand takes {expand.dim} features but dim is {dim}")
+        self.dim = int(dim)
+        self.expand = expand
+        self.features = expand.m if expand is not None else self.dim
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.product_dtype = torch.float32 if precision == "fast" else torch.float64
+        self.fold_every = int(fold_every)
+        if stats is None:
+            stats = Stats(self.dim, expand=expand.native() if expand is not None else None)
+        native = stats.expansion
+        mine = expand.native() if expand is not None else None
+        if stats.dim != self.features or native != mine:
+            raise ValueError(f"Accumulator: stats= is {stats!r}, which does not match dim {dim} and expand {mine!r}")
+        self._stats = stats
+        self._reset()
+
+    def _reset(self):
+        m = self.features
+        self._gram = torch.zeros(m, m, dtype=torch.float64, device=self.device)
+        self._sum = torch.zeros(m, dtype=torch.float64, device=self.device)
+        self._ids: list = []
+        self._slot: dict = {}
+        self._class_sums = torch.zeros(0, m, dtype=torch.float64, device=self.device)
+        self._counts = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._n = 0
+        self._batches = 0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, y) -> None:
+        """Adds a batch: `x` (B, dim) float tensor (moved to the accumulator's device if it is
+        elsewhere), `y` (B,) integer labels (tensor, numpy or list). NaN/inf raises ValueError
+        and adds nothing."""
+        if not torch.is_tensor(x) or x.ndim != 2 or x.shape[1] != self.dim:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"Accumulator.update: features must be a (B, {self.dim}) tensor, got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"Accumulator.update: features must be floating point, got {x.dtype}")
+        y = torch.as_tensor(y, device=self.device)
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"Accumulator.update: labels must be ({x.shape[0]},) integers, got {tuple(y.shape)} {y.dtype}")
+        if x.shape[0] == 0:
+            return
+        x = x.to(self.device)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            row, col = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"Accumulator.update: batch row {row}, column {col}: feature value {x[row, col].item()} is not finite")
+        z = self.expand(x.to(self.product_dtype)) if self.expand is not None else x.to(self.product_dtype)
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("Accumulator.update: the expanded features overflow float32; use precision='exact'")
+        b = z.shape[0]
+        total = z.sum(0, dtype=torch.float64)
+        if self.product_dtype == torch.float32:
+            shift = (total / b).to(torch.float32)
+            zc = z - shift
+            product = (zc.T @ zc).to(torch.float64)
+            s64 = shift.to(torch.float64)
+            product += torch.outer(s64, total) + torch.outer(total, s64) - b * torch.outer(s64, s64)
+        else:
+            product = z.T @ z
+        ids, inverse = torch.unique(y.long(), return_inverse=True)
+        ids = [int(v) for v in ids.tolist()]
+        new = [c for c in ids if c not in self._slot]
+        if new:
+            for c in new:
+                self._slot[c] = len(self._ids)
+                self._ids.append(c)
+            pad = torch.zeros(len(new), self.features, dtype=torch.float64, device=self.device)
+            self._class_sums = torch.cat([self._class_sums, pad])
+            self._counts = torch.cat([self._counts, torch.zeros(len(new), dtype=torch.int64, device=self.device)])
+        slots = torch.tensor([self._slot[c] for c in ids], dtype=torch.int64, device=self.device)[inverse]
+        self._class_sums.index_add_(0, slots, z.to(torch.float64))
+        self._counts.index_add_(0, slots, torch.ones_like(slots))
+        self._gram += product
+        self._sum += total
+        self._n += b
+        self._batches += 1
+        if self._batches >= self.fold_every:
+            self.fold()
+
+    def fold(self) -> None:
+        """Adds the device totals into the `Stats` (exact: float64 values, float64 sums) and
+        resets them."""
+        if self._n == 0:
+            return
+        m = self.features
+        rows, cols = torch.triu_indices(m, m, device=self.device)
+        # Symmetrise: the product is symmetric up to rounding; gram_lower takes one triangle.
+        gram = ((self._gram + self._gram.T) * 0.5)[rows, cols]
+        order = sorted(range(len(self._ids)), key=lambda k: self._ids[k])
+        counts = self._counts.cpu().numpy()[order]
+        present = [k for k, c in zip(order, counts) if c > 0]
+        empty = {
+            "n": 0,
+            "weight": 0.0,
+            "gram_lower": np.zeros(m * (m + 1) // 2),
+            "sum": np.zeros(m),
+            "class_ids": np.zeros(0, dtype=np.int64),
+            "class_counts": np.zeros(0, dtype=np.uint64),
+            "class_weights": np.zeros(0),
+            "class_sums": np.zeros((0, m)),
+        }
+        task = {
+            "n": self._n,
+            "weight": float(self._n),
+            "gram_lower": gram.cpu().numpy(),
+            "sum": self._sum.cpu().numpy(),
+            "class_ids": np.array([self._ids[k] for k in present], dtype=np.int64),
+            "class_counts": self._counts.cpu().numpy()[present].astype(np.uint64),
+            "class_weights": self._counts.cpu().numpy()[present].astype(np.float64),
+            "class_sums": self._class_sums.cpu().numpy()[present],
+        }
+        spec = self.expand.native().spec if self.expand is not None else None
+        part = Stats._from_parts({"dim": m, "tasks_begun": 0, "expansion": spec, "before": empty, "task": task})
+        self._stats.merge(part)
+        self._reset()
+
+    def stats(self) -> Stats:
+        """Folds what is on the device and returns the `Stats` (the same object every call)."""
+        self.fold()
+        return self._stats

@@ -23,8 +23,9 @@ mod client;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use headstart::expand::{Expansion, RandomFeatures};
 use headstart::export;
 use headstart::snapshot::{self, SnapshotError};
 use headstart::solve::{
@@ -244,8 +245,10 @@ fn labels_arg<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray1<'py, i6
 struct PyStats {
     /// The statistics; lock through [`PyStats::with_state`] or [`PyStats::quick`] only.
     inner: Mutex<CoreStats>,
-    /// The feature dimension (fixed at creation), readable without the lock.
+    /// The statistics' dimension (fixed at creation), readable without the lock.
     dim: usize,
+    /// The dimension of the features `update` takes: `dim`, or the expansion's input.
+    input_dim: usize,
     solver: Solver,
 }
 
@@ -297,6 +300,7 @@ impl PyStats {
     fn wrap(inner: CoreStats) -> Self {
         PyStats {
             dim: inner.dim(),
+            input_dim: inner.input_dim(),
             inner: Mutex::new(inner),
             solver: Solver::new(),
         }
@@ -340,13 +344,20 @@ impl PyStats {
         features: &Bound<'py, PyAny>,
         labels: &Bound<'py, PyAny>,
     ) -> PyResult<(FeatureChunks<'py>, PyReadonlyArray1<'py, i64>)> {
-        let (x, y) = batch_arg(features, labels, self.dim)?;
+        let (x, y) = batch_arg(features, labels, self.input_dim)?;
         let (rows, cols) = x.shape();
-        if cols != self.dim {
-            return Err(value_error(format!(
-                "features have {cols} columns but the state's dimension is {}",
-                self.dim
-            )));
+        if cols != self.input_dim {
+            return Err(value_error(if self.input_dim != self.dim {
+                format!(
+                    "features have {cols} columns but the state expands {}-dimensional features",
+                    self.input_dim
+                )
+            } else {
+                format!(
+                    "features have {cols} columns but the state's dimension is {}",
+                    self.dim
+                )
+            }));
         }
         if rows != y.len() {
             return Err(value_error(format!("{rows} feature rows but {} labels", y.len())));
@@ -406,8 +417,13 @@ fn lambda_arg(obj: &Bound<'_, PyAny>) -> PyResult<LambdaArg> {
 #[pymethods]
 impl PyStats {
     #[new]
-    #[pyo3(signature = (dim, precision = "exact", threads = None))]
-    fn new(dim: usize, precision: &str, threads: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (dim, precision = "exact", threads = None, expand = None))]
+    fn new(
+        dim: usize,
+        precision: &str,
+        threads: Option<usize>,
+        expand: Option<&PyRandomFeatures>,
+    ) -> PyResult<Self> {
         if dim == 0 || dim > headstart::stats::MAX_DIM {
             return Err(value_error(format!(
                 "dim must lie in 1..={}, got {dim}",
@@ -415,8 +431,31 @@ impl PyStats {
             )));
         }
         let precision: Precision = precision.parse().map_err(value_error)?;
-        let stats = CoreStats::with_precision(dim, precision).with_threads(threads.unwrap_or(0));
-        Ok(PyStats::wrap(stats))
+        let stats = match expand {
+            Some(rf) if rf.inner.spec().input_dim != dim => {
+                return Err(value_error(format!(
+                    "expand= expands {}-dimensional features but dim is {dim}",
+                    rf.inner.spec().input_dim
+                )));
+            }
+            Some(rf) => CoreStats::expanded(*rf.inner.spec(), precision),
+            None => CoreStats::with_precision(dim, precision),
+        };
+        Ok(PyStats::wrap(stats.with_threads(threads.unwrap_or(0))))
+    }
+
+    /// The random-feature expansion `update` applies (a `RandomFeatures`), or None.
+    #[getter]
+    fn expansion(&self, py: Python<'_>) -> Option<PyRandomFeatures> {
+        self.quick(py, |s| s.random_features().cloned())
+            .map(|inner| PyRandomFeatures { inner })
+    }
+
+    /// The dimension of the features `update` takes: the expansion's input dimension, or
+    /// `dim` without one.
+    #[getter]
+    fn input_dim(&self) -> usize {
+        self.input_dim
     }
 
     /// Adds a batch: `features` (B, d) float32/float64 (any other dtype raises ValueError),
@@ -651,7 +690,10 @@ impl PyStats {
                         let (x, y): (Bound<'_, PyAny>, Bound<'_, PyAny>) = val
                             .extract()
                             .map_err(|_| value_error("val must be a Stats or a (features, labels) pair"))?;
-                        let held_out = PyStats::wrap(CoreStats::new(self.dim));
+                        let held_out = PyStats::wrap(match self.quick(py, |s| s.expansion().copied()) {
+                            Some(spec) => CoreStats::expanded(spec, Precision::Exact),
+                            None => CoreStats::new(self.dim),
+                        });
                         held_out.update(py, &x, &y)?;
                         held_out.into_core()
                     }
@@ -689,6 +731,7 @@ impl PyStats {
         let out = PyDict::new(py);
         out.set_item("dim", parts.dim)?;
         out.set_item("tasks_begun", parts.tasks_begun)?;
+        out.set_item("expansion", parts.expansion.map(|e| e.to_json()))?;
         for (name, seg) in [("before", &parts.before), ("task", &parts.task)] {
             let d = PyDict::new(py);
             d.set_item("n", seg.n)?;
@@ -767,11 +810,18 @@ impl PyStats {
                     .collect(),
             })
         };
+        let expansion = match parts.get_item("expansion")? {
+            Some(e) if !e.is_none() => {
+                Some(Expansion::from_json(&e.extract::<String>()?).map_err(value_error)?)
+            }
+            _ => None,
+        };
         let rebuilt = StatsParts {
             dim,
             tasks_begun: get(parts, "tasks_begun")?.extract()?,
             before: segment("before")?,
             task: segment("task")?,
+            expansion,
         };
         CoreStats::from_parts(rebuilt)
             .map(PyStats::wrap)
@@ -781,12 +831,18 @@ impl PyStats {
     fn __repr__(&self, py: Python<'_>) -> String {
         self.quick(py, |s| {
             format!(
-                "Stats(dim={}, n={}, classes={}, tasks_begun={}, precision='{}')",
+                "Stats(dim={}, n={}, classes={}, tasks_begun={}, precision='{}'{})",
                 s.dim(),
                 s.samples(),
                 s.classes().len(),
                 s.tasks_begun(),
-                s.precision()
+                s.precision(),
+                s.expansion()
+                    .map(|e| format!(
+                        ", expand=RandomFeatures({}, {}, seed={})",
+                        e.input_dim, e.features, e.seed
+                    ))
+                    .unwrap_or_default()
             )
         })
     }
@@ -867,6 +923,15 @@ impl PyHead {
         self.inner.info.samples
     }
 
+    /// The random-feature expansion its inputs go through (a `RandomFeatures`), or None.
+    /// The head's `dim` is then the expansion's `m`.
+    #[getter]
+    fn expansion(&self) -> Option<PyRandomFeatures> {
+        self.inner.info.expansion.map(|spec| PyRandomFeatures {
+            inner: Arc::new(RandomFeatures::new(spec)),
+        })
+    }
+
     /// Writes the CLI's safetensors format: `{prefix}weight` [C, d] F32, `{prefix}bias` [C],
     /// `{prefix}class_ids` [C] I64, with metadata.
     #[pyo3(signature = (path, prefix = ""))]
@@ -884,6 +949,112 @@ impl PyHead {
             self.inner.info.form,
             self.inner.info.lambda,
             self.inner.info.scope
+        )
+    }
+}
+
+/// A seeded random-feature expansion z = ReLU(x·R), R ∈ ℝ^{dim×m} regenerated from `seed`
+/// (Philox4x32-10; docs/math.md, "Random features"). Give it to `Stats(dim, expand=...)`
+/// to accumulate the statistics of z from raw features.
+#[pyclass(name = "RandomFeatures", module = "headstart", frozen)]
+#[derive(Clone)]
+struct PyRandomFeatures {
+    inner: Arc<RandomFeatures>,
+}
+
+#[pymethods]
+impl PyRandomFeatures {
+    #[new]
+    #[pyo3(signature = (dim, m, seed = 0))]
+    fn new(dim: usize, m: usize, seed: u64) -> PyResult<Self> {
+        let spec = Expansion::new(dim, m, seed).map_err(value_error)?;
+        Ok(PyRandomFeatures {
+            inner: Arc::new(RandomFeatures::new(spec)),
+        })
+    }
+
+    /// The raw features' dimension d.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.spec().input_dim
+    }
+
+    /// The expanded dimension M.
+    #[getter]
+    fn m(&self) -> usize {
+        self.inner.spec().features
+    }
+
+    /// The seed of R.
+    #[getter]
+    fn seed(&self) -> u64 {
+        self.inner.spec().seed
+    }
+
+    /// The spec as JSON (what state files and head files record).
+    #[getter]
+    fn spec(&self) -> String {
+        self.inner.spec().to_json()
+    }
+
+    /// R, (dim, m) float32, regenerated from the seed (and kept for later calls).
+    fn matrix<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let rf = Arc::clone(&self.inner);
+        let r = py.detach(move || rf.matrix().to_vec());
+        PyArray1::from_vec(py, r).reshape([self.dim(), self.m()])
+    }
+
+    /// ReLU(x·R) of `x` (B, dim): float32 in, float32 out (f32 products); float64 in,
+    /// float64 out (f64 products). Bad input (dtype, shape, NaN/inf) raises ValueError.
+    fn transform<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let chunks = FeatureChunks::new(vec![features_arg(x)?])?;
+        let (rows, cols) = chunks.shape();
+        if cols != self.dim() {
+            return Err(value_error(format!(
+                "features have {cols} columns but the expansion takes {}",
+                self.dim()
+            )));
+        }
+        let view = chunks.views();
+        let rf = Arc::clone(&self.inner);
+        let m = self.m();
+        let out = py.detach(move || match view.to_owned_rows() {
+            OwnedRows::F32(v) => rf.transform(&v, rows).map(|z| (z, true)),
+            OwnedRows::F64(v) => rf.transform(&v, rows).map(|z| (z, false)),
+        });
+        let (z, narrow) = out.map_err(value_error)?;
+        if narrow {
+            let z: Vec<f32> = z.into_iter().map(|v| v as f32).collect();
+            Ok(PyArray1::from_vec(py, z).reshape([rows, m])?.into_any())
+        } else {
+            Ok(PyArray1::from_vec(py, z).reshape([rows, m])?.into_any())
+        }
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (usize, usize, u64))> {
+        let me = slf.get();
+        Ok((slf.get_type().into_any(), (me.dim(), me.m(), me.seed())))
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyRandomFeatures>()
+            .is_ok_and(|o| o.get().inner.spec() == self.inner.spec())
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner.spec().hash(&mut h);
+        h.finish()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RandomFeatures({}, {}, seed={})",
+            self.dim(),
+            self.m(),
+            self.seed()
         )
     }
 }
@@ -922,6 +1093,7 @@ fn fit_scale(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStats>()?;
     m.add_class::<PyHead>()?;
+    m.add_class::<PyRandomFeatures>()?;
     m.add_class::<client::PyClient>()?;
     m.add("ServerError", m.py().get_type::<client::ServerError>())?;
     m.add_function(wrap_pyfunction!(fit_scale, m)?)?;

@@ -125,6 +125,15 @@ pub fn select_lambda(
             right: val.dim(),
         });
     }
+    if train.expansion() != val.expansion() {
+        let text = |e: Option<&crate::expand::Expansion>| {
+            e.map_or_else(|| "not expanded".to_string(), |e| format!("expanded by {e}"))
+        };
+        return Err(SolveError::Expansion {
+            left: text(train.expansion()),
+            right: text(val.expansion()),
+        });
+    }
     for lambda in grid {
         lambda.check()?;
     }

@@ -271,6 +271,14 @@ pub enum SolveError {
         /// The other.
         right: usize,
     },
+    /// Held-out statistics of another random-feature expansion than the training ones.
+    #[error("the held-out statistics are {right} but the training statistics are {left}")]
+    Expansion {
+        /// The training statistics' expansion, as text (`not expanded` without one).
+        left: String,
+        /// The held-out statistics'.
+        right: String,
+    },
 }
 
 /// What a head was solved from, for reproducibility.
