@@ -77,6 +77,18 @@ pub struct BenchArgs {
     /// With --solve: the ridge λ added to G/N.
     #[arg(long, default_value_t = 0.05)]
     lambda: f64,
+    /// Expand the batches to M random features (`--dim` is then the raw dimension d).
+    #[command(flatten)]
+    expand: super::stream::ExpandArgs,
+}
+
+/// The empty state the bench accumulates into: plain, or of the expansion asked for.
+fn new_state(args: &BenchArgs, threads: usize) -> anyhow::Result<Stats> {
+    Ok(match args.expand.spec(args.dim)? {
+        Some(spec) => Stats::expanded(spec, args.precision),
+        None => Stats::with_precision(args.dim, args.precision),
+    }
+    .with_threads(threads))
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -136,6 +148,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.input == Input::F32 { "f32" } else { "f64" },
         if args.direct { "direct" } else { "pipeline" },
     )?;
+    if let Some(m) = args.expand.expand {
+        outln!(
+            "expansion: ReLU random features {} → {m}, seed {}",
+            args.dim,
+            args.expand.expand_seed
+        )?;
+    }
     outln!(
         "pool: {}, {:.0} MiB (last-level cache {}), generated in {:.1} s",
         plural(batches as u64, "batch", "batches"),
@@ -151,7 +170,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         (total_threads(&args) / args.reducers).max(1)
     };
-    let stats = Stats::with_precision(args.dim, args.precision).with_threads(per_reducer);
+    let stats = new_state(&args, per_reducer)?;
     let (elapsed, stats) = if args.direct {
         stream_direct(stats, &pool, total_batches, &progress)?
     } else {
@@ -215,13 +234,22 @@ fn stream_pipeline(
     reducers: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Duration, Stats)> {
-    let (dim, precision, threads) = (stats.dim(), stats.precision(), stats.threads());
+    let (dim, precision, threads, expansion) = (
+        stats.dim(),
+        stats.precision(),
+        stats.threads(),
+        stats.expansion().copied(),
+    );
     let mut initial = Some(stats);
     let shards: Vec<_> = (0..reducers)
         .map(|_| {
-            let state = initial
-                .take()
-                .unwrap_or_else(|| Stats::with_precision(dim, precision).with_threads(threads));
+            let state = initial.take().unwrap_or_else(|| {
+                match expansion {
+                    Some(spec) => Stats::expanded(spec, precision),
+                    None => Stats::with_precision(dim, precision),
+                }
+                .with_threads(threads)
+            });
             pipeline::spawn(state, producers.div_ceil(reducers))
         })
         .collect();
@@ -280,8 +308,15 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) -
     let seconds = elapsed.as_secs_f64();
     let samples = stats.samples() as f64;
     let d = args.dim as f64;
-    // The lower triangle with its diagonal: d(d+1)/2 multiply-adds per sample.
-    let gflops = samples * d * (d + 1.0) / seconds / 1e9;
+    let m = stats.dim() as f64;
+    // The lower triangle with its diagonal: m(m+1)/2 multiply-adds per sample, and d·m more
+    // for an expansion's projection (m = d without one).
+    let projection = if stats.expansion().is_some() {
+        2.0 * d * m
+    } else {
+        0.0
+    };
+    let gflops = samples * (m * (m + 1.0) + projection) / seconds / 1e9;
     let peak = match args.precision {
         Precision::Exact => args.peak_gflops,
         Precision::Fast => 2.0 * args.peak_gflops,
@@ -292,7 +327,12 @@ fn report(args: &BenchArgs, stats: &Stats, elapsed: Duration, pool_bytes: f64) -
         plural(stats.samples().div_ceil(args.batch as u64), "batch", "batches")
     )?;
     outln!(
-        "gflops: {gflops:.1} GFLOP/s in the Gram product ({:.0}% of one core's {} peak, {peak:.1} GFLOP/s)",
+        "gflops: {gflops:.1} GFLOP/s in the Gram product{} ({:.0}% of one core's {} peak, {peak:.1} GFLOP/s)",
+        if stats.expansion().is_some() {
+            " and the projection"
+        } else {
+            ""
+        },
         100.0 * gflops / peak,
         if args.precision == Precision::Exact {
             "f64"
@@ -327,8 +367,9 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let pool = generate_pool(&bench, 1);
     let labels: Vec<i64> = (0..rows as i64).map(|i| i % args.classes).collect();
-    let mut stats = Stats::new(args.dim);
+    let mut stats = new_state(args, 0)?;
     stats.update_batch(&Batch::new(pool[0].features.clone(), labels))?;
+    let rss_before = peak_rss_bytes();
     let opts = SolveOptions {
         lambda: args.lambda.into(),
         ..Default::default()
@@ -344,7 +385,7 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     outln!(
         "headstart bench --solve: d={} C={} λ={} ({}), {}",
-        args.dim,
+        stats.dim(),
         stats.classes().len(),
         args.lambda,
         plural(rows as u64, "sample", "samples"),
@@ -356,6 +397,14 @@ fn run_solve(args: &BenchArgs) -> anyhow::Result<()> {
         1e3 * times[0],
         1e3 * times[times.len() - 1]
     )?;
+    if let (Some(before), Some(after)) = (rss_before, peak_rss_bytes()) {
+        outln!(
+            "memory: peak RSS {:.1} MiB ({:.1} MiB before the solves; state {:.1} MiB)",
+            after as f64 / MIB,
+            before as f64 / MIB,
+            stats.heap_bytes() as f64 / MIB
+        )?;
+    }
     Ok(())
 }
 
