@@ -958,3 +958,45 @@ fn the_shutdown_line_goes_to_stderr_and_stdout_holds_only_the_address() {
     assert_eq!(rest, "", "stdout after the first line");
     assert!(err.contains("signal 15: checkpointed 0 samples to"), "{err}");
 }
+
+#[test]
+fn an_expanded_server_takes_raw_features_and_solves_heads_that_carry_the_spec() {
+    use headstart::expand::Expansion;
+    use headstart::stats::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Expansion::new(D, 32, 5).unwrap();
+    let config = ServerConfig::new(dir.path().join("state.hs"));
+    let initial = Stats::expanded(spec, Precision::Exact);
+    let server = Server::start(&"127.0.0.1:0".parse().unwrap(), initial, config).unwrap();
+    let address = server.address();
+    let pushed = batches(3, 6, 700); // chunks of 512 rows and partial ones
+    let mut c = Client::connect(&address).unwrap();
+    // Clients send raw features: the session's dimension is d, not M.
+    assert!(c.open(32, Dtype::F32).is_err());
+    let mut c = Client::connect(&address).unwrap();
+    c.open(D, Dtype::F32).unwrap();
+    for b in &pushed {
+        c.push(b).unwrap();
+    }
+    let summary = c.stats().unwrap();
+    assert_eq!(
+        (summary["dim"].as_u64(), summary["input_dim"].as_u64()),
+        (Some(32), Some(D as u64))
+    );
+    assert_eq!(summary["expansion"]["seed"].as_u64(), Some(5));
+    let mut expected = Stats::expanded(spec, Precision::Exact);
+    for b in &pushed {
+        expected.update_batch(b).unwrap();
+    }
+    let bytes = c.solve(&SolveRequest::default()).unwrap();
+    let remote = decode_head(&bytes, "", Path::new("reply")).unwrap();
+    let local = Solver::new().solve(&expected, &SolveOptions::default()).unwrap();
+    assert_eq!(remote.info.expansion, Some(spec));
+    assert!(rel_err(&remote.weight, &local.weight) < F32_STORAGE_REL_TOL);
+    let final_state = server.shutdown().unwrap();
+    assert_eq!(final_state.expansion(), Some(&spec));
+    assert_eq!(
+        snapshot::read(&dir.path().join("state.hs")).unwrap().expansion(),
+        Some(&spec)
+    );
+}
