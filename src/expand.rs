@@ -317,8 +317,14 @@ impl RandomFeatures {
     /// # Errors
     /// As [`validate_batch`], or [`BatchError::ExpandedOutOfRange`].
     pub fn validate<T: Feature>(&self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
+        validate_batch(features, labels, self.spec.input_dim)?;
+        self.check_magnitudes(features)
+    }
+
+    /// The expansion's own check of a batch that [`validate_batch`] accepted: every row's
+    /// L1 norm times [`MAX_ABS_ENTRY`] within [`MAX_ABS_FEATURE`].
+    pub(crate) fn check_magnitudes<T: Feature>(&self, features: &[T]) -> Result<(), BatchError> {
         let d = self.spec.input_dim;
-        validate_batch(features, labels, d)?;
         for (row, x) in features.chunks_exact(d).enumerate() {
             let l1: f64 = x.iter().map(|v| v.to_f64().abs()).sum();
             if l1 * MAX_ABS_ENTRY > MAX_ABS_FEATURE {

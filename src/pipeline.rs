@@ -215,7 +215,9 @@ impl Producer {
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
-        self.validate(&batch)?;
+        // Shape and values here; an expansion's magnitude bound in `send_valid`, which the
+        // server's decoded batches reach directly.
+        batch.validate(self.shared.dim)?;
         self.send_valid(&batch)
     }
 
@@ -232,7 +234,8 @@ impl Producer {
     }
 
     /// [`send`](Producer::send) for a batch already validated against this dimension (the
-    /// server's frame decoder does it).
+    /// server's frame decoder does it); an expanded state still checks the magnitudes its
+    /// expansion needs.
     pub(crate) fn send_valid(&self, batch: &Batch) -> Result<(), PipelineError> {
         if let Some(rf) = &self.shared.expansion {
             return match &batch.features {
@@ -246,7 +249,7 @@ impl Producer {
         self.put(Message::Update(Box::new(prepared)))
     }
 
-    /// Expands a validated batch here, 512 rows at a time, and hands each chunk to the
+    /// Expands a validated batch here, `CHUNK_ROWS` (512) rows at a time, and hands each chunk to the
     /// reducer as soon as it is ready (at most two wait at once).
     fn send_expanded<T: crate::stats::Feature>(
         &self,
@@ -254,6 +257,7 @@ impl Producer {
         features: &[T],
         labels: &[i64],
     ) -> Result<(), PipelineError> {
+        rf.check_magnitudes(features)?;
         if labels.is_empty() {
             return Ok(());
         }
@@ -263,7 +267,8 @@ impl Producer {
             chunks: rx,
         })?;
         let d = rf.spec().input_dim;
-        for (chunk, chunk_labels) in features.chunks(512 * d).zip(labels.chunks(512)) {
+        let rows = crate::stats::CHUNK_ROWS;
+        for (chunk, chunk_labels) in features.chunks(rows * d).zip(labels.chunks(rows)) {
             let mut prepared = Box::<Prepared>::default();
             Stats::prepare_expanded(
                 rf,

@@ -1000,3 +1000,26 @@ fn an_expanded_server_takes_raw_features_and_solves_heads_that_carry_the_spec() 
         Some(&spec)
     );
 }
+
+#[test]
+fn an_expanded_server_refuses_rows_too_large_to_expand() {
+    use headstart::expand::Expansion;
+    use headstart::stats::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Expansion::new(D, 16, 1).unwrap();
+    let config = ServerConfig::new(dir.path().join("state.hs"));
+    let initial = Stats::expanded(spec, Precision::Exact);
+    let server = Server::start(&"127.0.0.1:0".parse().unwrap(), initial, config).unwrap();
+    let mut c = Client::connect(&server.address()).unwrap();
+    c.open(D, Dtype::F64).unwrap();
+    // Every value is within the plain limit, but the row's L1 norm times 2√3 is not.
+    let mut x = vec![1.0f64; 2 * D];
+    x[D..].iter_mut().for_each(|v| *v = 1e144);
+    let refused = c
+        .push(&Batch::new(x, vec![0, 1]))
+        .and_then(|_| c.stats().map(|_| ()));
+    assert!(refused.is_err(), "the batch should have been refused");
+    assert!(refused.unwrap_err().to_string().contains("row 1"));
+    let state = server.shutdown().unwrap();
+    assert_eq!(state.samples(), 0);
+}

@@ -21,7 +21,7 @@ mod gram;
 
 pub use batch::{Batch, BatchError, Feature, Features, MAX_ABS_FEATURE, validate_batch};
 pub use gram::Precision;
-pub(crate) use gram::Prepared;
+pub(crate) use gram::{CHUNK_ROWS, Prepared};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -747,10 +747,7 @@ impl Stats {
             faer::Par::Seq
         };
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
-        for (chunk, chunk_labels) in features
-            .chunks(gram::CHUNK_ROWS * d)
-            .zip(labels.chunks(gram::CHUNK_ROWS))
-        {
+        for (chunk, chunk_labels) in features.chunks(CHUNK_ROWS * d).zip(labels.chunks(CHUNK_ROWS)) {
             Stats::prepare_expanded(rf, chunk, chunk_labels, self.precision, par, &mut prepared);
             prepared.apply(&mut self.task, sign, &mut self.scratch.product, self.threads);
         }
