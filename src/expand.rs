@@ -245,7 +245,8 @@ impl Clone for RandomFeatures {
     }
 }
 
-/// The rows of a chunk after expansion: column-major `rows × M`, in the precision asked for.
+/// The products x·R of a chunk's rows, before the ReLU (its consumer applies it as it passes
+/// over them): column-major `rows × M`, in the precision asked for.
 pub(crate) enum Expanded {
     /// Exact: f64 products of the widened input and R.
     Wide(Vec<f64>),
@@ -304,8 +305,8 @@ impl RandomFeatures {
         for (chunk, dst) in features.chunks(512 * d).zip(out.chunks_mut(512 * m)) {
             let n = chunk.len() / d;
             match self.expand_chunk(chunk, !T::EXACT_IN_F32, default_par()) {
-                Expanded::Wide(z) => transpose_into(&z, n, m, dst, |v| v),
-                Expanded::Narrow(z) => transpose_into(&z, n, m, dst, f64::from),
+                Expanded::Wide(z) => transpose_into(&z, n, m, dst, |v| v.max(0.0)),
+                Expanded::Narrow(z) => transpose_into(&z, n, m, dst, |v| f64::from(v.max(0.0))),
             }
         }
         Ok(out)
@@ -337,7 +338,7 @@ impl RandomFeatures {
         Ok(())
     }
 
-    /// ReLU(x·R) of one validated chunk of rows, column-major. `exact` asks for f64 products;
+    /// x·R of one validated chunk of rows, column-major, before the ReLU. `exact` asks for f64 products;
     /// otherwise they are f32, unless the chunk's magnitudes could overflow f32 (then f64).
     pub(crate) fn expand_chunk<T: Feature>(&self, chunk: &[T], exact: bool, par: Par) -> Expanded {
         let (d, m) = (self.spec.input_dim, self.spec.features);
@@ -363,8 +364,8 @@ impl RandomFeatures {
     }
 }
 
-/// `z = max(x·r, 0)` into column-major `rows × m`; x row-major `rows × d`, r row-major `d × m`.
-fn project<T: faer::traits::ComplexField + Copy + PartialOrd + Default>(
+/// `z = x·r` into column-major `rows × m`; x row-major `rows × d`, r row-major `d × m`.
+fn project<T: faer::traits::ComplexField + Copy>(
     one: T,
     x: &[T],
     r: &[T],
@@ -376,12 +377,6 @@ fn project<T: faer::traits::ComplexField + Copy + PartialOrd + Default>(
     let rr = MatRef::from_row_major_slice(r, d, m);
     let zr = MatMut::from_column_major_slice_mut(z, rows, m);
     matmul(zr, Accum::Replace, xr, rr, one, par);
-    let zero = T::default();
-    for v in z.iter_mut() {
-        if *v < zero {
-            *v = zero;
-        }
-    }
 }
 
 /// Column-major `rows × m` into row-major `dst`.

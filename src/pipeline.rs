@@ -158,9 +158,12 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
                     match chunks.recv() {
                         Ok(Chunk::Part(prepared)) => {
                             applied += prepared.rows();
-                            stats.apply(&prepared);
+                            stats.apply_part(&prepared);
                         }
-                        Ok(Chunk::End) => break Ok(()),
+                        Ok(Chunk::End) => {
+                            stats.finish_parts();
+                            break Ok(());
+                        }
                         Err(_) => break Err(ReducerError::IncompleteBatch { applied, rows }),
                     }
                 }
@@ -268,6 +271,8 @@ impl Producer {
         })?;
         let d = rf.spec().input_dim;
         let rows = crate::stats::CHUNK_ROWS;
+        // The chunks share the first one's shift, and so one f32 accumulator (fast precision).
+        let mut shift: Option<Vec<f64>> = None;
         for (chunk, chunk_labels) in features.chunks(rows * d).zip(labels.chunks(rows)) {
             let mut prepared = Box::<Prepared>::default();
             Stats::prepare_expanded(
@@ -276,8 +281,12 @@ impl Producer {
                 chunk_labels,
                 self.shared.precision,
                 faer::Par::Seq,
+                shift.as_deref(),
                 &mut prepared,
             );
+            if shift.is_none() {
+                shift = prepared.shift().map(<[f64]>::to_vec);
+            }
             tx.send(Chunk::Part(prepared)).map_err(|_| self.stopped())?;
         }
         tx.send(Chunk::End).map_err(|_| self.stopped())

@@ -107,6 +107,40 @@ fn fast_statistics_are_within_f32_rounding() {
 }
 
 #[test]
+fn fast_batches_longer_than_one_f32_accumulator_match_the_reference() {
+    // 9,000 rows: the fast path's f32 accumulator takes 8,192 (16 chunks) before it is
+    // folded, so this batch folds once midway and once at its end. Then a one-class batch
+    // (its own class-sum path), through update, the pipeline and a retraction.
+    let spec = Expansion::new(6, 24, 31).unwrap();
+    let (x, labels) = data(9000, 6, 21);
+    let (y, _) = data(700, 6, 22);
+    let single = vec![7i64; 700];
+    let all_x: Vec<f64> = x.iter().chain(&y).copied().collect();
+    let all_labels: Vec<i64> = labels.iter().chain(&single).copied().collect();
+    let want = reference(&spec, &all_x, &all_labels);
+    let (x32, y32): (Vec<f32>, Vec<f32>) = (
+        x.iter().map(|&v| v as f32).collect(),
+        y.iter().map(|&v| v as f32).collect(),
+    );
+    let mut direct = Stats::expanded(spec, Precision::Fast);
+    direct.update(&x32, &labels).unwrap();
+    direct.update(&y32, &single).unwrap();
+    check(&direct, &want, 1e-5, "fast, direct");
+
+    let (producer, reducer) = pipeline::spawn(Stats::expanded(spec, Precision::Fast), 2);
+    producer.send(Batch::new(x32.clone(), labels.clone())).unwrap();
+    producer.send(Batch::new(y32.clone(), single.clone())).unwrap();
+    drop(producer);
+    let piped = reducer.join().unwrap();
+    check(&piped, &want, 1e-5, "fast, pipeline");
+
+    // Retracting the long batch leaves the one-class batch alone.
+    direct.retract(&x32, &labels).unwrap();
+    let only = reference(&spec, &y, &single);
+    check(&direct, &only, 1e-5, "fast, after the retraction");
+}
+
+#[test]
 fn the_pipeline_expands_on_producers_and_matches_update() {
     let spec = Expansion::new(5, 30, 4).unwrap();
     let batches: Vec<(Vec<f64>, Vec<i64>)> = (0..6).map(|k| data(300 + 250 * k, 5, 10 + k as u64)).collect();

@@ -199,9 +199,18 @@ impl Prepared {
     }
 
     /// Lays out one expanded chunk (column-major `rows × m`, at most [`CHUNK_ROWS`] rows):
-    /// f64 rows as they are, f32 rows shifted by their mean (fast precision) as in
-    /// [`fill`](Prepared::fill).
-    pub(crate) fn fill_expanded(&mut self, z: &Expanded, labels: &[i64], m: usize, precision: Precision) {
+    /// f64 rows as they are, f32 rows shifted (fast precision) as in [`fill`](Prepared::fill),
+    /// by `shift` when given (the shift of the batch's first chunk, so that the batch's chunks
+    /// share one f32 accumulator; see [`apply_part`](Prepared::apply_part)) or else by their
+    /// mean.
+    pub(crate) fn fill_expanded(
+        &mut self,
+        z: Expanded,
+        labels: &[i64],
+        m: usize,
+        precision: Precision,
+        shift: Option<&[f64]>,
+    ) {
         let rows = labels.len();
         debug_assert!(rows <= CHUNK_ROWS);
         self.dim = m;
@@ -228,63 +237,139 @@ impl Prepared {
         self.class_sums.resize(k * m, 0.0);
         self.sum.clear();
         self.sum.resize(m, 0.0);
-        let mut accumulate = |j: usize, column: &mut dyn Iterator<Item = f64>| {
-            for (&slot, v) in slots.iter().zip(column) {
-                self.class_sums[slot * m + j] += v;
-            }
-        };
-        match z {
-            Expanded::Wide(v) => {
-                for (j, col) in v.chunks_exact(rows.max(1)).enumerate() {
-                    accumulate(j, &mut col.iter().copied());
-                }
-            }
-            Expanded::Narrow(v) => {
-                for (j, col) in v.chunks_exact(rows.max(1)).enumerate() {
-                    accumulate(j, &mut col.iter().map(|&x| f64::from(x)));
-                }
-            }
+        if rows == 0 {
+            self.layout = Layout::Wide;
+            self.wide.clear();
+            return;
         }
-        for sums in self.class_sums.chunks_exact(m) {
-            for (t, s) in self.sum.iter_mut().zip(sums) {
-                *t += s;
-            }
-        }
-        let widen = |wide: &mut Vec<f64>, v: &[f32]| {
-            wide.clear();
-            wide.extend(v.iter().map(|&x| f64::from(x)));
-        };
+        // Column by column, while the column is in cache: the ReLU, the class sums and the
+        // column's sum, then (fast precision) the shift, in place.
+        let mut acc = vec![0f64; k];
         match z {
-            Expanded::Wide(v) => {
+            Expanded::Wide(mut v) => {
+                for (j, col) in v.chunks_exact_mut(rows).enumerate() {
+                    col.iter_mut().for_each(|x| *x = x.max(0.0));
+                    self.sum[j] = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                }
                 self.layout = Layout::Wide;
-                self.wide.clear();
-                self.wide.extend_from_slice(v);
+                self.wide = v;
             }
-            Expanded::Narrow(v) if precision == Precision::Fast && rows > 0 => {
-                self.layout = Layout::Shifted32;
+            Expanded::Narrow(mut v) if precision == Precision::Fast => {
                 self.shift.clear();
-                self.shift
-                    .extend(self.sum.iter().map(|s| f64::from((s / rows as f64) as f32)));
-                self.narrow.clear();
-                let mut largest = 0f32;
-                for (j, col) in v.chunks_exact(rows).enumerate() {
-                    let shift = self.shift[j];
-                    self.narrow.extend(col.iter().map(|&x| {
-                        let y = (f64::from(x) - shift) as f32;
-                        largest = largest.max(y.abs());
-                        y
-                    }));
+                if let Some(given) = shift {
+                    self.shift.extend_from_slice(given);
                 }
-                if f64::from(largest).powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
+                // The largest |x − shift|, as the bits of a non-negative f32 (whose order
+                // is the values' order, and whose maximum vectorizes).
+                let mut largest = 0u32;
+                for (j, col) in v.chunks_exact_mut(rows).enumerate() {
+                    col.iter_mut().for_each(|x| *x = x.max(0.0));
+                    let total = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                    self.sum[j] = total;
+                    if shift.is_none() {
+                        self.shift.push(f64::from((total / rows as f64) as f32));
+                    }
+                    let s = self.shift[j];
+                    for x in col.iter_mut() {
+                        *x = (f64::from(*x) - s) as f32;
+                        largest = largest.max(x.to_bits() & 0x7fff_ffff);
+                    }
+                }
+                self.layout = Layout::Shifted32;
+                self.narrow = v;
+                // The f32 accumulator may sum up to FOLD_ROWS such rows before it is folded.
+                let largest = f64::from(f32::from_bits(largest));
+                if largest.powi(2) * FOLD_ROWS as f64 >= f64::from(f32::MAX) / 4.0 {
                     self.layout = Layout::Wide;
-                    widen(&mut self.wide, v);
+                    self.wide = self.unshifted();
                 }
             }
-            Expanded::Narrow(v) => {
+            Expanded::Narrow(mut v) => {
+                for (j, col) in v.chunks_exact_mut(rows).enumerate() {
+                    col.iter_mut().for_each(|x| *x = x.max(0.0));
+                    self.sum[j] = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                }
                 self.layout = Layout::Wide;
-                widen(&mut self.wide, v);
+                self.wide = v.iter().map(|&x| f64::from(x)).collect();
             }
         }
+    }
+
+    /// The shifted f32 rows widened and shifted back (an overflow fallback: rare).
+    fn unshifted(&self) -> Vec<f64> {
+        let rows = self.rows;
+        let mut wide = Vec::with_capacity(self.narrow.len());
+        for (col, &s) in self.narrow.chunks_exact(rows).zip(&self.shift) {
+            wide.extend(col.iter().map(|&x| f64::from(x) + s));
+        }
+        wide
+    }
+
+    /// The shift of a fast-precision chunk (None for any other layout).
+    pub(crate) fn shift(&self) -> Option<&[f64]> {
+        (self.layout == Layout::Shifted32).then_some(self.shift.as_slice())
+    }
+
+    /// Like [`apply`](Prepared::apply) for one expanded chunk of a batch, except that a
+    /// fast-precision chunk's f32 product is added into the open accumulator of the batch's
+    /// earlier chunks with the same shift instead of being folded into the f64 Gram at once:
+    /// folding an M × M product costs as much memory traffic as a chunk's product. The
+    /// accumulator is folded after [`FOLD_ROWS`] rows, when the shift changes, and by
+    /// [`fold_pending`], which must follow the batch's last chunk.
+    pub(crate) fn apply_part(
+        &self,
+        m: &mut Moments,
+        sign: f64,
+        scratch: &mut ProductScratch,
+        threads: usize,
+    ) {
+        if self.rows == 0 {
+            return;
+        }
+        if self.layout != Layout::Shifted32 {
+            self.apply(m, sign, scratch, threads);
+            return;
+        }
+        let dim = self.dim;
+        let compatible = scratch
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.sign == sign && p.rows + self.rows <= FOLD_ROWS && p.shift == self.shift);
+        if !compatible {
+            fold_pending(m, scratch);
+        }
+        if scratch.pending_product.nrows() != dim {
+            scratch.pending_product = Mat::zeros(dim, dim);
+        }
+        let par = if threads > 1 {
+            Par::rayon(threads)
+        } else {
+            Par::Seq
+        };
+        let accum = if scratch.pending.is_some() {
+            Accum::Add
+        } else {
+            Accum::Replace
+        };
+        syrk(
+            scratch.pending_product.as_mut(),
+            &self.narrow,
+            dim,
+            accum,
+            1.0,
+            par,
+        );
+        let pending = scratch.pending.get_or_insert_with(|| Pending {
+            shift: self.shift.clone(),
+            sum: vec![0.0; dim],
+            rows: 0,
+            sign,
+        });
+        pending.rows += self.rows;
+        for (t, s) in pending.sum.iter_mut().zip(&self.sum) {
+            *t += s;
+        }
+        self.add_counts(m, sign);
     }
 
     /// `m ± this batch`: the Gram product (in the prepared precision), the count, the sums and
@@ -325,20 +410,13 @@ impl Prepared {
                     *used = true;
                 }
             });
-            let b = self.rows as f64;
-            for j in 0..dim {
-                let dst = &mut m.gram.col_as_slice_mut(j)[j..];
-                let (mj, sj) = (self.shift[j], self.sum[j]);
-                for (k, d) in dst.iter_mut().enumerate() {
-                    let (mi, si) = (self.shift[j + k], self.sum[j + k]);
-                    *d += sign * (mi * sj + si * mj - b * mi * mj);
-                }
-                for w in scratch.workers.iter().take(workers).filter(|w| w.used) {
-                    for (d, &z) in dst.iter_mut().zip(&w.product.col_as_slice(j)[j..]) {
-                        *d += sign * f64::from(z);
-                    }
-                }
-            }
+            let products = scratch
+                .workers
+                .iter()
+                .take(workers)
+                .filter(|w| w.used)
+                .map(|w| &w.product);
+            fold_shifted(m, &self.shift, &self.sum, self.rows, sign, products);
         } else {
             let exact32 = self.layout == Layout::Exact32;
             // Worker 0 adds ±XᵀX into the Gram itself; the others sum XᵀX on their own.
@@ -386,6 +464,12 @@ impl Prepared {
                 }
             }
         }
+        self.add_counts(m, sign);
+    }
+
+    /// `m ± this batch`'s count, sum and class counts and sums.
+    fn add_counts(&self, m: &mut Moments, sign: f64) {
+        let dim = self.dim;
         if sign > 0.0 {
             m.n += self.rows as u64;
         } else {
@@ -430,9 +514,21 @@ pub(crate) struct Scratch {
 
 /// The product's buffers, one set per worker: its f32 product (fast path), its widened chunk
 /// (f32 input, exact path) and, for workers after the first, its own f64 Gram.
-#[derive(Default)]
 pub(crate) struct ProductScratch {
     workers: Vec<WorkerScratch>,
+    /// The open f32 accumulator of an expanded batch's chunks, and its bookkeeping.
+    pending_product: Mat<f32>,
+    pending: Option<Pending>,
+}
+
+impl Default for ProductScratch {
+    fn default() -> Self {
+        ProductScratch {
+            workers: Vec::new(),
+            pending_product: Mat::new(),
+            pending: None,
+        }
+    }
 }
 
 struct WorkerScratch {
@@ -502,6 +598,92 @@ impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Scratch")
     }
+}
+
+/// Rows an open f32 accumulator takes before it is folded (see [`Prepared::apply_part`]).
+pub(crate) const FOLD_ROWS: usize = 16 * CHUNK_ROWS;
+
+/// The open f32 accumulator's bookkeeping: Σ (z − shift)(z − shift)ᵀ over `rows` rows, whose
+/// sum is `sum`, to be folded with `sign`.
+pub(crate) struct Pending {
+    shift: Vec<f64>,
+    sum: Vec<f64>,
+    rows: usize,
+    sign: f64,
+}
+
+/// Folds the open accumulator, if any, into `m`'s Gram.
+pub(crate) fn fold_pending(m: &mut Moments, scratch: &mut ProductScratch) {
+    if let Some(p) = scratch.pending.take() {
+        fold_shifted(
+            m,
+            &p.shift,
+            &p.sum,
+            p.rows,
+            p.sign,
+            std::iter::once(&scratch.pending_product),
+        );
+    }
+}
+
+/// Adds `sign` × XᵀX to the Gram's lower triangle, given the f32 products Σ (x − s)(x − s)ᵀ
+/// of X's rows (split among `products`), the shift s, X's column sums and its row count:
+/// XᵀX = Σ (x − s)(x − s)ᵀ + s·sumᵀ + sum·sᵀ − rows·s·sᵀ.
+fn fold_shifted<'a>(
+    m: &mut Moments,
+    shift: &[f64],
+    sum: &[f64],
+    rows: usize,
+    sign: f64,
+    products: impl Iterator<Item = &'a Mat<f32>> + Clone,
+) {
+    let b = rows as f64;
+    for j in 0..shift.len() {
+        let dst = &mut m.gram.col_as_slice_mut(j)[j..];
+        let (mj, sj) = (shift[j], sum[j]);
+        for ((d, &mi), &si) in dst.iter_mut().zip(&shift[j..]).zip(&sum[j..]) {
+            *d += sign * (mi * sj + si * mj - b * mi * mj);
+        }
+        for product in products.clone() {
+            for (d, &z) in dst.iter_mut().zip(&product.col_as_slice(j)[j..]) {
+                *d += sign * f64::from(z);
+            }
+        }
+    }
+}
+
+/// One column's class sums, written to `class_sums[slot · m]` (row-major, one row of `m` per
+/// slot, starting at the column), and its total: the sum of its classes' sums.
+fn column_sums<U: Copy + Into<f64>>(
+    col: &[U],
+    slots: &[usize],
+    acc: &mut [f64],
+    class_sums: &mut [f64],
+    m: usize,
+) -> f64 {
+    if acc.len() == 1 {
+        // Eight running sums, so that the additions vectorize.
+        let mut lanes = [0f64; 8];
+        let mut blocks = col.chunks_exact(8);
+        for block in &mut blocks {
+            for (l, &v) in lanes.iter_mut().zip(block) {
+                *l += v.into();
+            }
+        }
+        let tail: f64 = blocks.remainder().iter().map(|&v| v.into()).sum();
+        acc[0] = lanes.iter().sum::<f64>() + tail;
+    } else {
+        acc.fill(0.0);
+        for (&slot, &v) in slots.iter().zip(col) {
+            acc[slot] += v.into();
+        }
+    }
+    let mut total = 0.0;
+    for (slot, &a) in acc.iter().enumerate() {
+        class_sums[slot * m] = a;
+        total += a;
+    }
+    total
 }
 
 /// Writes the row-major rows into `out` as column-major chunks of `CHUNK_ROWS` rows (the

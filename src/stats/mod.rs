@@ -725,20 +725,23 @@ impl Stats {
         }
     }
 
-    /// Expands `chunk` (at most 512 rows) and lays it out for [`apply`](Stats::apply).
+    /// Expands `chunk` (at most 512 rows) and lays it out for [`apply_part`](Stats::apply_part),
+    /// shifted by `shift` when given (see [`Prepared::fill_expanded`]).
     pub(crate) fn prepare_expanded<T: Feature>(
         rf: &RandomFeatures,
         chunk: &[T],
         labels: &[i64],
         precision: Precision,
         par: faer::Par,
+        shift: Option<&[f64]>,
         prepared: &mut Prepared,
     ) {
         let z = rf.expand_chunk(chunk, precision == Precision::Exact, par);
-        prepared.fill_expanded(&z, labels, rf.spec().features, precision);
+        prepared.fill_expanded(z, labels, rf.spec().features, precision, shift);
     }
 
-    /// Applies `sign` × the expansion of a validated batch, chunk by chunk.
+    /// Applies `sign` × the expansion of a validated batch, chunk by chunk; the chunks share
+    /// the first one's shift (fast precision).
     fn apply_expanded<T: Feature>(&mut self, rf: &RandomFeatures, features: &[T], labels: &[i64], sign: f64) {
         let d = rf.spec().input_dim;
         let par = if self.threads > 1 {
@@ -747,11 +750,36 @@ impl Stats {
             faer::Par::Seq
         };
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
+        let mut shift: Option<Vec<f64>> = None;
         for (chunk, chunk_labels) in features.chunks(CHUNK_ROWS * d).zip(labels.chunks(CHUNK_ROWS)) {
-            Stats::prepare_expanded(rf, chunk, chunk_labels, self.precision, par, &mut prepared);
-            prepared.apply(&mut self.task, sign, &mut self.scratch.product, self.threads);
+            Stats::prepare_expanded(
+                rf,
+                chunk,
+                chunk_labels,
+                self.precision,
+                par,
+                shift.as_deref(),
+                &mut prepared,
+            );
+            if shift.is_none() {
+                shift = prepared.shift().map(<[f64]>::to_vec);
+            }
+            prepared.apply_part(&mut self.task, sign, &mut self.scratch.product, self.threads);
         }
+        gram::fold_pending(&mut self.task, &mut self.scratch.product);
         self.scratch.prepared = prepared;
+    }
+
+    /// Adds one expanded chunk of a batch (the pipeline's reducer); the batch's last chunk
+    /// must be followed by [`finish_parts`](Stats::finish_parts).
+    pub(crate) fn apply_part(&mut self, prepared: &Prepared) {
+        prepared.apply_part(&mut self.task, 1.0, &mut self.scratch.product, self.threads);
+        self.version = next_version();
+    }
+
+    /// Completes the batch whose chunks [`apply_part`](Stats::apply_part) added.
+    pub(crate) fn finish_parts(&mut self) {
+        gram::fold_pending(&mut self.task, &mut self.scratch.product);
     }
 
     /// [`update`](Stats::update) of a batch that [`validate_batch`] accepted for this
