@@ -31,7 +31,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from ._native import Stats
-from .torch import RowInit, init_rows
+from .torch import Accumulator, RowInit, init_rows
 
 __all__ = ["HeadstartPlugin", "ExperienceInit"]
 
@@ -128,6 +128,11 @@ class HeadstartPlugin(SupervisedPlugin):
             terminal, and only for experiences of more than 20 batches).
         seed: seeds the calibration's draws (plus the experience index).
         threads: threads for the statistics' batch products (None: every core).
+        accumulate: "auto" (default) sums the products on the strategy's device when it is CUDA
+            (`headstart.torch.Accumulator`, float64, folded exactly into the statistics at the end
+            of each pass), so the features stay on the GPU; True does so on any device, False
+            never (the features go to the CPU statistics batch by batch). Same statistics
+            either way.
 
     After training, `stats` holds the statistics, `history` one `ExperienceInit` per training
     experience and `seconds` the plugin's total wall time.
@@ -169,6 +174,7 @@ class HeadstartPlugin(SupervisedPlugin):
         progress: Optional[bool] = None,
         seed: int = 0,
         threads: Optional[int] = None,
+        accumulate: Union[bool, str] = "auto",
     ):
         super().__init__()
         if not (callable(backbone) or isinstance(backbone, str)):
@@ -193,6 +199,9 @@ class HeadstartPlugin(SupervisedPlugin):
             decay = float(decay)
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        if accumulate not in (True, False, "auto"):
+            raise ValueError(f"accumulate must be True, False or 'auto', got {accumulate!r}")
+        self.accumulate = accumulate
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backbone = backbone
@@ -352,6 +361,10 @@ class HeadstartPlugin(SupervisedPlugin):
         module = backbone if isinstance(backbone, torch.nn.Module) else None
         modes = {m: m.training for m in module.modules()} if module is not None else {}
         reservoir = _Reservoir(keep, np.random.default_rng([self.seed, index, len(what)]))
+        # On CUDA (or when asked), the products are summed on the device and folded into the
+        # statistics exactly; the features leave the device only for a calibration sample.
+        on_device = self.accumulate is True or (self.accumulate == "auto" and device.type == "cuda")
+        acc = Accumulator(dim, device=device, precision="exact", stats=self.stats) if on_device else None
         counts: dict = {}
         bar = self._bar(len(loader), index)
         try:
@@ -362,7 +375,7 @@ class HeadstartPlugin(SupervisedPlugin):
                     x, y = _unpack(batch, index, batch_index)
                     features = backbone(_to(x, device))
                     where = f"experience {index}, {what}, batch {batch_index}"
-                    features = _check_features(features, dim, where)
+                    features = _check_features(features, dim, where, keep_device=on_device)
                     labels = y.detach().cpu().numpy().astype(np.int64, copy=False)
                     if labels.shape != (features.shape[0],):
                         raise ValueError(
@@ -370,14 +383,22 @@ class HeadstartPlugin(SupervisedPlugin):
                             f"shape {labels.shape}"
                         )
                     try:
-                        self.stats.update(features, labels)
+                        if acc is not None:
+                            acc.update(features, labels)
+                        else:
+                            self.stats.update(features, labels)
                     except ValueError as e:
                         raise ValueError(f"HeadstartPlugin ({where}): {e}") from None
-                    reservoir.add(features, labels)
+                    if acc is not None and keep:
+                        features = features.cpu().numpy()
+                    if keep:
+                        reservoir.add(features, labels)
                     for c, n in zip(*np.unique(labels, return_counts=True)):
                         counts[int(c)] = counts.get(int(c), 0) + int(n)
                     if bar is not None:
                         bar.update(1)
+            if acc is not None:
+                acc.stats()  # folds what is left on the device into self.stats
         finally:
             if bar is not None:
                 bar.close()
@@ -508,8 +529,9 @@ def _to(x, device):
     return x
 
 
-def _check_features(features, dim: int, where: str) -> np.ndarray:
-    """The backbone's output as a float32/float64 CPU array, checked against the classifier."""
+def _check_features(features, dim: int, where: str, keep_device: bool = False):
+    """The backbone's output as a float32/float64 CPU array (or, with `keep_device`, a tensor
+    where it is), checked against the classifier."""
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"HeadstartPlugin ({where}): the backbone returned {type(features).__name__}, not a tensor")
     if features.ndim != 2:
@@ -527,6 +549,8 @@ def _check_features(features, dim: int, where: str) -> np.ndarray:
         features = features.double()
     elif features.dtype not in (torch.float32, torch.float64):
         features = features.float()
+    if keep_device:
+        return features.detach()
     return features.detach().cpu().numpy()
 
 

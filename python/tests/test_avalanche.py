@@ -486,3 +486,29 @@ def test_the_readme_snippet_runs(split):
         warnings.simplefilter("ignore")
         exec(compile(block, "README.md", "exec"), scope)
     assert [h.new_classes for h in scope["plugin"].history] == [new_rows(k) for k in range(5)]
+
+
+def test_accumulating_on_the_device_gives_the_same_statistics_and_rows(split):
+    # accumulate=True takes the on-device path (`Accumulator`, as on CUDA) on CPU tensors; the
+    # statistics and the written rows must match the CPU path's, for a frozen backbone
+    # (calibration from the statistics) and a training one (a calibration sample).
+    hidden = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.ReLU())
+    for backbone, options in [(None, {"calibrate": False, "lam": 0.05}), (hidden, {})]:
+        runs = []
+        for accumulate in (False, True):
+            fresh = None if backbone is None else copy.deepcopy(backbone)
+            runs.append(run(split, plugin_options={**options, "accumulate": accumulate}, backbone=fresh, experiences=3))
+        (_, _, plain, p0), (_, _, device, p1) = runs
+        a, b = p0.stats._parts(), p1.stats._parts()
+        for segment in ("before", "task"):
+            x, y = a[segment], b[segment]
+            assert x["n"] == y["n"] and list(x["class_ids"]) == list(y["class_ids"])
+            for key in ("gram_lower", "sum", "class_sums"):
+                if x["n"]:
+                    assert rel_err(y[key], x[key]) < 1e-10, (segment, key)
+        for k in range(3):
+            rows = new_rows(k)
+            assert rel_err(device.weights[k][rows].numpy(), plain.weights[k][rows].numpy()) < 1e-6
+    with pytest.raises(ValueError, match="accumulate"):
+        HeadstartPlugin(torch.nn.Identity(), torch.nn.Linear(D, 2), accumulate="cuda")
+
