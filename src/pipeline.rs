@@ -281,12 +281,9 @@ impl Producer {
                 chunk_labels,
                 self.shared.precision,
                 faer::Par::Seq,
-                shift.as_deref(),
+                &mut shift,
                 &mut prepared,
             );
-            if shift.is_none() {
-                shift = prepared.shift().map(<[f64]>::to_vec);
-            }
             tx.send(Chunk::Part(prepared)).map_err(|_| self.stopped())?;
         }
         tx.send(Chunk::End).map_err(|_| self.stopped())

@@ -248,8 +248,7 @@ impl Prepared {
         match z {
             Expanded::Wide(mut v) => {
                 for (j, col) in v.chunks_exact_mut(rows).enumerate() {
-                    col.iter_mut().for_each(|x| *x = x.max(0.0));
-                    self.sum[j] = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                    self.sum[j] = relu_column(col, &slots, &mut acc, &mut self.class_sums[j..], m);
                 }
                 self.layout = Layout::Wide;
                 self.wide = v;
@@ -263,8 +262,7 @@ impl Prepared {
                 // is the values' order, and whose maximum vectorizes).
                 let mut largest = 0u32;
                 for (j, col) in v.chunks_exact_mut(rows).enumerate() {
-                    col.iter_mut().for_each(|x| *x = x.max(0.0));
-                    let total = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                    let total = relu_column(col, &slots, &mut acc, &mut self.class_sums[j..], m);
                     self.sum[j] = total;
                     if shift.is_none() {
                         self.shift.push(f64::from((total / rows as f64) as f32));
@@ -286,8 +284,7 @@ impl Prepared {
             }
             Expanded::Narrow(mut v) => {
                 for (j, col) in v.chunks_exact_mut(rows).enumerate() {
-                    col.iter_mut().for_each(|x| *x = x.max(0.0));
-                    self.sum[j] = column_sums(col, &slots, &mut acc, &mut self.class_sums[j..], m);
+                    self.sum[j] = relu_column(col, &slots, &mut acc, &mut self.class_sums[j..], m);
                 }
                 self.layout = Layout::Wide;
                 self.wide = v.iter().map(|&x| f64::from(x)).collect();
@@ -649,6 +646,40 @@ fn fold_shifted<'a>(
                 *d += sign * f64::from(z);
             }
         }
+    }
+}
+
+/// The ReLU of one column, in place, then its [`column_sums`].
+fn relu_column<U: Relu>(
+    col: &mut [U],
+    slots: &[usize],
+    acc: &mut [f64],
+    class_sums: &mut [f64],
+    m: usize,
+) -> f64 {
+    for x in col.iter_mut() {
+        *x = x.relu();
+    }
+    column_sums(col, slots, acc, class_sums, m)
+}
+
+/// max(x, 0) through the float's own `max`, which vectorizes (a generic `<` compare did not:
+/// measured 10–15% slower on the expanded update).
+trait Relu: Copy + Into<f64> {
+    fn relu(self) -> Self;
+}
+
+impl Relu for f32 {
+    #[inline]
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
+}
+
+impl Relu for f64 {
+    #[inline]
+    fn relu(self) -> Self {
+        self.max(0.0)
     }
 }
 

@@ -725,19 +725,24 @@ impl Stats {
         }
     }
 
-    /// Expands `chunk` (at most 512 rows) and lays it out for [`apply_part`](Stats::apply_part),
-    /// shifted by `shift` when given (see [`Prepared::fill_expanded`]).
+    /// Expands `chunk` (at most 512 rows) and lays it out for [`apply_part`](Stats::apply_part).
+    /// `shift` carries a batch's shift from chunk to chunk: None before its first chunk, which
+    /// sets it (fast precision), so that every chunk shares one f32 accumulator (see
+    /// [`Prepared::fill_expanded`]).
     pub(crate) fn prepare_expanded<T: Feature>(
         rf: &RandomFeatures,
         chunk: &[T],
         labels: &[i64],
         precision: Precision,
         par: faer::Par,
-        shift: Option<&[f64]>,
+        shift: &mut Option<Vec<f64>>,
         prepared: &mut Prepared,
     ) {
         let z = rf.expand_chunk(chunk, precision == Precision::Exact, par);
-        prepared.fill_expanded(z, labels, rf.spec().features, precision, shift);
+        prepared.fill_expanded(z, labels, rf.spec().features, precision, shift.as_deref());
+        if shift.is_none() {
+            *shift = prepared.shift().map(<[f64]>::to_vec);
+        }
     }
 
     /// Applies `sign` × the expansion of a validated batch, chunk by chunk; the chunks share
@@ -758,12 +763,9 @@ impl Stats {
                 chunk_labels,
                 self.precision,
                 par,
-                shift.as_deref(),
+                &mut shift,
                 &mut prepared,
             );
-            if shift.is_none() {
-                shift = prepared.shift().map(<[f64]>::to_vec);
-            }
             prepared.apply_part(&mut self.task, sign, &mut self.scratch.product, self.threads);
         }
         gram::fold_pending(&mut self.task, &mut self.scratch.product);
