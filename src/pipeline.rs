@@ -218,9 +218,12 @@ impl Producer {
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
-        // Shape and values here; an expansion's magnitude bound in `send_valid`, which the
-        // server's decoded batches reach directly.
-        batch.validate(self.shared.dim)?;
+        // Shape and values here: an expanded state's before it expands (and checks the
+        // magnitude bound in `send_valid`, which the server's decoded batches reach
+        // directly), a plain state's while the batch is laid out.
+        if self.shared.expansion.is_some() {
+            batch.validate(self.shared.dim)?;
+        }
         self.send_valid(&batch)
     }
 
@@ -248,7 +251,7 @@ impl Producer {
         }
         // The O(B·d) work (class sums, transposition, conversion) happens here, on the
         // producer's thread; the reducer is left with the O(B·d²) product.
-        let prepared = Stats::prepare(batch, self.shared.dim, self.shared.precision);
+        let prepared = Stats::prepare(batch, self.shared.dim, self.shared.precision)?;
         self.put(Message::Update(Box::new(prepared)))
     }
 

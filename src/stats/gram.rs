@@ -5,12 +5,13 @@
 //! [`threads`](super::Stats::threads), each taking the next free one, so a core taken by
 //! another process slows the product by its share only.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::{Accum, Mat, MatRef, Par};
 
-use super::{ClassMoments, Feature, Moments};
+use super::{BatchError, ClassMoments, Feature, MAX_ABS_FEATURE, Moments, validate_batch};
 use crate::expand::Expanded;
 
 /// How each batch's product XᵀX is computed. The totals are f64 in both.
@@ -82,9 +83,14 @@ pub(crate) struct Prepared {
     /// rounded to f32 (fast precision).
     narrow: Vec<f32>,
     layout: Layout,
+    /// Whether each chunk holds its rows row-major, as a batch arrives (plain batches), or
+    /// column-major (expanded chunks, which the projection writes so).
+    row_major: bool,
     shift: Vec<f64>,
     sum: Vec<f64>,
     class_ids: Vec<i64>,
+    /// Each row's index in `class_ids`.
+    slots: Vec<usize>,
     class_counts: Vec<u64>,
     /// Row-major: `class_ids.len()` rows of `dim` sums.
     class_sums: Vec<f64>,
@@ -120,8 +126,19 @@ impl Prepared {
         self.rows
     }
 
-    /// Lays out a batch that [`validate_batch`](super::validate_batch) accepted for `dim`,
-    /// reusing this value's buffers.
+    /// Lays out a batch for `dim`, reusing this value's buffers, and checks it as
+    /// [`validate_batch`] does, as a by-product of the same pass (on an error this value's
+    /// contents are meaningless and nothing else was touched).
+    ///
+    /// One pass over the batch computes the class sums and writes the rows in the product's
+    /// precision, row-major as they came: faer multiplies them so without a transposition.
+    /// The work is split by column ranges, so every column is summed in row order whatever
+    /// `threads` is: every thread count gives the same bits. In fast precision the rows are
+    /// shifted by the first chunk's mean (f32-rounded), which a short pass over that chunk's
+    /// rows computes first, while they are in cache.
+    ///
+    /// # Errors
+    /// The error [`validate_batch`] gives.
     pub(crate) fn fill<T: Feature>(
         &mut self,
         features: &[T],
@@ -129,38 +146,33 @@ impl Prepared {
         dim: usize,
         precision: Precision,
         threads: usize,
-    ) {
+    ) -> Result<(), BatchError> {
         let rows = labels.len();
+        if rows.checked_mul(dim) != Some(features.len()) {
+            return validate_batch(features, labels, dim);
+        }
         self.dim = dim;
         self.rows = rows;
-        // Per-class counts and sums, one row-wise pass.
+        self.row_major = true;
         self.class_ids.clear();
         self.class_ids.extend_from_slice(labels);
         self.class_ids.sort_unstable();
         self.class_ids.dedup();
         let k = self.class_ids.len();
+        self.slots.clear();
+        let ids = &self.class_ids;
+        self.slots.extend(
+            labels
+                .iter()
+                .map(|l| ids.binary_search(l).expect("every label was collected")),
+        );
         self.class_counts.clear();
         self.class_counts.resize(k, 0);
+        for &slot in &self.slots {
+            self.class_counts[slot] += 1;
+        }
         self.class_sums.clear();
         self.class_sums.resize(k * dim, 0.0);
-        for (row, label) in features.chunks_exact(dim).zip(labels) {
-            let slot = self
-                .class_ids
-                .binary_search(label)
-                .expect("every label was collected");
-            self.class_counts[slot] += 1;
-            for (s, x) in self.class_sums[slot * dim..(slot + 1) * dim].iter_mut().zip(row) {
-                *s += x.to_f64();
-            }
-        }
-        self.sum.clear();
-        self.sum.resize(dim, 0.0);
-        for sums in self.class_sums.chunks_exact(dim) {
-            for (t, s) in self.sum.iter_mut().zip(sums) {
-                *t += s;
-            }
-        }
-        // The rows, transposed chunk by chunk.
         self.layout = if precision == Precision::Fast && rows > 0 {
             Layout::Shifted32
         } else if T::EXACT_IN_F32 {
@@ -168,34 +180,87 @@ impl Prepared {
         } else {
             Layout::Wide
         };
+        self.shift.clear();
         if self.layout == Layout::Shifted32 {
-            // Shift by the batch mean, rounded to f32 (the shift is undone exactly in f64).
-            self.shift.clear();
-            self.shift
-                .extend(self.sum.iter().map(|s| f64::from((s / rows as f64) as f32)));
-            let shift = &self.shift;
-            let largest = transpose_chunks(&mut self.narrow, features, dim, threads, |v, j| {
-                (v.to_f64() - shift[j]) as f32
-            });
+            self.shift.resize(dim, 0.0);
+        }
+        let ranges = column_ranges(dim, if rows >= CHUNK_ROWS { threads } else { 1 });
+        let (bad, largest) = match self.layout {
+            Layout::Wide => fill_columns(
+                features,
+                &self.slots,
+                dim,
+                &ranges,
+                &mut self.class_sums,
+                &mut [],
+                &mut self.wide,
+                |out, x, _| {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = v.to_f64();
+                    }
+                    0
+                },
+            ),
+            Layout::Exact32 => fill_columns(
+                features,
+                &self.slots,
+                dim,
+                &ranges,
+                &mut self.class_sums,
+                &mut [],
+                &mut self.narrow,
+                |out, x, _| {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = v.to_f32();
+                    }
+                    0
+                },
+            ),
+            Layout::Shifted32 => fill_columns(
+                features,
+                &self.slots,
+                dim,
+                &ranges,
+                &mut self.class_sums,
+                &mut self.shift,
+                &mut self.narrow,
+                |out, x, shift| {
+                    // The largest |x − shift| as the bits of a non-negative f32, an i32
+                    // whose order is the values' order (its maximum vectorizes).
+                    let mut largest = 0i32;
+                    for ((o, &v), &s) in out.iter_mut().zip(x).zip(shift) {
+                        *o = (v.to_f64() - s) as f32;
+                        let bits = (o.to_bits() & 0x7fff_ffff) as i32;
+                        if bits > largest {
+                            largest = bits;
+                        }
+                    }
+                    largest
+                },
+            ),
+        };
+        self.sum.clear();
+        self.sum.resize(dim, 0.0);
+        for sums in self.class_sums.chunks_exact(dim) {
+            for (t, s) in self.sum.iter_mut().zip(sums) {
+                *t += s;
+            }
+        }
+        // f64 values were compared with the bound; a NaN or ±inf among f32 values (which
+        // cannot overflow an f64 sum) leaves its column's sum non-finite.
+        if bad || self.sum.iter().any(|s| !s.is_finite()) {
+            return Err(validate_batch(features, labels, dim)
+                .expect_err("a non-finite sum or an out-of-range value has a first bad value"));
+        }
+        if self.layout == Layout::Shifted32 {
             // Every partial sum of the f32 product is at most rows · max|z|²: keep it well
-            // inside f32's range, or compute this batch exactly instead.
-            if f64::from(largest).powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
-                self.layout = if T::EXACT_IN_F32 {
-                    Layout::Exact32
-                } else {
-                    Layout::Wide
-                };
+            // inside f32's range, or lay this batch out exactly instead.
+            let largest = f64::from(f32::from_bits(largest as u32));
+            if largest.powi(2) * rows as f64 >= f64::from(f32::MAX) / 4.0 {
+                return self.fill(features, labels, dim, Precision::Exact, threads);
             }
         }
-        match self.layout {
-            Layout::Wide => {
-                transpose_chunks(&mut self.wide, features, dim, threads, |v, _| v.to_f64());
-            }
-            Layout::Exact32 => {
-                transpose_chunks(&mut self.narrow, features, dim, threads, |v, _| v.to_f32());
-            }
-            Layout::Shifted32 => {}
-        }
+        Ok(())
     }
 
     /// Lays out one expanded chunk (column-major `rows × m`, at most [`CHUNK_ROWS`] rows):
@@ -215,6 +280,7 @@ impl Prepared {
         debug_assert!(rows <= CHUNK_ROWS);
         self.dim = m;
         self.rows = rows;
+        self.row_major = false;
         self.class_ids.clear();
         self.class_ids.extend_from_slice(labels);
         self.class_ids.sort_unstable();
@@ -294,6 +360,7 @@ impl Prepared {
 
     /// The shifted f32 rows widened and shifted back (an overflow fallback: rare).
     fn unshifted(&self) -> Vec<f64> {
+        debug_assert!(!self.row_major, "only expanded chunks are unshifted");
         let rows = self.rows;
         let mut wide = Vec::with_capacity(self.narrow.len());
         for (col, &s) in self.narrow.chunks_exact(rows).zip(&self.shift) {
@@ -352,6 +419,7 @@ impl Prepared {
             scratch.pending_product.as_mut(),
             &self.narrow,
             dim,
+            self.row_major,
             accum,
             1.0,
             par,
@@ -403,7 +471,7 @@ impl Prepared {
                 while let Some(k) = take(&next, chunks) {
                     let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
                     let accum = if *used { Accum::Add } else { Accum::Replace };
-                    syrk(product.as_mut(), chunk, dim, accum, 1.0, par);
+                    syrk(product.as_mut(), chunk, dim, self.row_major, accum, 1.0, par);
                     *used = true;
                 }
             });
@@ -444,10 +512,10 @@ impl Prepared {
                         let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
                         wide.clear();
                         wide.extend(chunk.iter().map(|&v| f64::from(v)));
-                        syrk(gram.as_mut(), wide, dim, accum, alpha, par);
+                        syrk(gram.as_mut(), wide, dim, self.row_major, accum, alpha, par);
                     } else {
                         let chunk = &self.wide[k * width..((k + 1) * width).min(self.wide.len())];
-                        syrk(gram.as_mut(), chunk, dim, accum, alpha, par);
+                        syrk(gram.as_mut(), chunk, dim, self.row_major, accum, alpha, par);
                     }
                     *used = true;
                 }
@@ -717,87 +785,156 @@ fn column_sums<U: Copy + Into<f64>>(
     total
 }
 
-/// Writes the row-major rows into `out` as column-major chunks of `CHUNK_ROWS` rows (the
-/// last one shorter), converting each value with `convert(value, column)`; returns the
-/// largest magnitude written.
-fn transpose_chunks<T: Feature, U: Copy + Default + Magnitude + Send>(
-    out: &mut Vec<U>,
+/// Column ranges for `threads` workers, each a multiple of 16 columns (whole cache lines of
+/// f32) except the last.
+fn column_ranges(dim: usize, threads: usize) -> Vec<Range<usize>> {
+    let width = dim.div_ceil(threads.max(1)).next_multiple_of(16).max(1);
+    (0..dim).step_by(width).map(|j| j..(j + width).min(dim)).collect()
+}
+
+/// The fused pass of [`Prepared::fill`], one worker per column range: adds every row's
+/// values into its class's sums (`class_sums`, row-major `classes × dim`), writes
+/// `convert(out_row, row, shift)` into `out` (row-major like `features`), and returns whether
+/// an f64 value exceeded [`MAX_ABS_FEATURE`] and the largest value `convert` returned. A
+/// non-empty `shift` is first set to the first chunk's column means, rounded to f32.
+#[allow(clippy::too_many_arguments)]
+fn fill_columns<T: Feature, U: Copy + Default + Send>(
     features: &[T],
+    slots: &[usize],
     dim: usize,
-    threads: usize,
-    convert: impl Fn(T, usize) -> U + Sync,
-) -> U {
+    ranges: &[Range<usize>],
+    class_sums: &mut [f64],
+    shift: &mut [f64],
+    out: &mut Vec<U>,
+    convert: impl Fn(&mut [U], &[T], &[f64]) -> i32 + Sync,
+) -> (bool, i32) {
     // Every slot is overwritten below; only a change of length needs a resize.
     if out.len() != features.len() {
         out.clear();
         out.resize(features.len(), U::default());
     }
-    let transpose = |(chunk, dst): (&[T], &mut [U])| {
-        let rows = chunk.len() / dim;
-        let mut largest = U::default();
-        // Column by column: the chunk's rows (at most CHUNK_ROWS cache lines per column) stay
-        // in cache across the next columns, so each input line is fetched once.
-        for (j, column) in dst.chunks_exact_mut(rows).enumerate() {
-            for (slot, &v) in column.iter_mut().zip(chunk[j..].iter().step_by(dim)) {
-                *slot = convert(v, j);
-                largest = largest.max_magnitude(*slot);
-            }
-        }
-        largest
-    };
-    let width = CHUNK_ROWS * dim;
-    if threads > 1 && features.len() > width {
-        use rayon::prelude::*;
-        features
-            .par_chunks(width)
-            .zip(out.par_chunks_mut(width))
-            .map(transpose)
-            .reduce(U::default, |a, b| a.max_magnitude(b))
+    let first = slots.len().min(CHUNK_ROWS);
+    let check = !T::EXACT_IN_F32;
+    let shift_parts = if shift.is_empty() {
+        ranges.iter().map(|_| Vec::new()).collect()
     } else {
-        features
-            .chunks(width)
-            .zip(out.chunks_mut(width))
-            .map(transpose)
-            .fold(U::default(), |a, b| a.max_magnitude(b))
+        split_columns(shift, dim, ranges)
+    };
+    let parts = ranges
+        .iter()
+        .zip(split_columns(class_sums, dim, ranges))
+        .zip(split_columns(out, dim, ranges))
+        .zip(shift_parts)
+        .map(|(((range, sums), outs), shift)| ColumnPart {
+            range: range.clone(),
+            sums,
+            outs,
+            shift,
+        });
+    let work = |ColumnPart {
+                    range,
+                    mut sums,
+                    mut outs,
+                    mut shift,
+                }: ColumnPart<'_, U>| {
+        let columns = |r: usize| &features[r * dim + range.start..r * dim + range.end];
+        let shift: &[f64] = match shift.first_mut() {
+            Some(shift) => {
+                for r in 0..first {
+                    for (s, &v) in shift.iter_mut().zip(columns(r)) {
+                        *s += v.to_f64();
+                    }
+                }
+                for s in shift.iter_mut() {
+                    *s = f64::from((*s / first as f64) as f32);
+                }
+                shift
+            }
+            None => &[],
+        };
+        let mut bad = false;
+        let mut largest = 0i32;
+        for (r, (&slot, out)) in slots.iter().zip(outs.iter_mut()).enumerate() {
+            let x = columns(r);
+            for (s, &v) in sums[slot].iter_mut().zip(x) {
+                *s += v.to_f64();
+            }
+            if check {
+                bad |= x
+                    .iter()
+                    .fold(false, |b, &v| b | (v.to_f64().abs() > MAX_ABS_FEATURE));
+            }
+            largest = largest.max(convert(out, x, shift));
+        }
+        (bad, largest)
+    };
+    let combine = |(b1, l1): (bool, i32), (b2, l2): (bool, i32)| (b1 | b2, l1.max(l2));
+    if ranges.len() > 1 {
+        use rayon::prelude::*;
+        parts
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(work)
+            .reduce(|| (false, 0), combine)
+    } else {
+        parts.map(work).fold((false, 0), combine)
     }
 }
 
-/// The running maximum of |x| (f32: for the overflow check; f64: not needed, kept cheap).
-trait Magnitude: Copy {
-    fn max_magnitude(self, other: Self) -> Self;
+/// One worker's share of [`fill_columns`]: its columns of every class's sums, of every
+/// output row and of the shift (empty when there is none).
+struct ColumnPart<'a, U> {
+    range: Range<usize>,
+    sums: Vec<&'a mut [f64]>,
+    outs: Vec<&'a mut [U]>,
+    shift: Vec<&'a mut [f64]>,
 }
 
-impl Magnitude for f32 {
-    #[inline]
-    fn max_magnitude(self, other: Self) -> Self {
-        self.max(other.abs())
+/// Splits a row-major buffer of rows of `dim` values by column ranges: part `i` holds every
+/// row's columns `ranges[i]`, one slice per row.
+fn split_columns<'a, V>(buf: &'a mut [V], dim: usize, ranges: &[Range<usize>]) -> Vec<Vec<&'a mut [V]>> {
+    let mut parts: Vec<Vec<&'a mut [V]>> = ranges
+        .iter()
+        .map(|_| Vec::with_capacity(buf.len() / dim.max(1)))
+        .collect();
+    for mut row in buf.chunks_exact_mut(dim.max(1)) {
+        for (part, range) in parts.iter_mut().zip(ranges) {
+            let (head, tail) = std::mem::take(&mut row).split_at_mut(range.len());
+            part.push(head);
+            row = tail;
+        }
     }
+    parts
 }
 
-impl Magnitude for f64 {
-    #[inline]
-    fn max_magnitude(self, _other: Self) -> Self {
-        self
-    }
-}
-
-/// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, X column-major `rows × dim`.
+/// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, X `rows × dim`, row-major or
+/// column-major. Row-major X is Aᵀ with A = X's memory read as a column-major `dim × rows`
+/// matrix, so XᵀX = A·Aᵀ: faer then packs its operands itself and nothing is transposed
+/// beforehand.
 fn syrk<T: faer::traits::ComplexField + Copy>(
     dst: faer::MatMut<'_, T>,
     x: &[T],
     dim: usize,
+    row_major: bool,
     accum: Accum,
     alpha: T,
     par: Par,
 ) {
-    let rows = MatRef::from_column_major_slice(x, x.len() / dim, dim);
+    let rows = x.len() / dim;
+    let (lhs, rhs) = if row_major {
+        let a = MatRef::from_column_major_slice(x, dim, rows);
+        (a, a.transpose())
+    } else {
+        let r = MatRef::from_column_major_slice(x, rows, dim);
+        (r.transpose(), r)
+    };
     matmul(
         dst,
         BlockStructure::TriangularLower,
         accum,
-        rows.transpose(),
+        lhs,
         BlockStructure::Rectangular,
-        rows,
+        rhs,
         BlockStructure::Rectangular,
         alpha,
         par,

@@ -708,9 +708,22 @@ impl Stats {
     /// # Ok::<(), headstart::stats::BatchError>(())
     /// ```
     pub fn update<T: Feature>(&mut self, features: &[T], labels: &[i64]) -> Result<(), BatchError> {
-        self.validate(features, labels)?;
-        self.update_validated(features, labels);
-        Ok(())
+        if self.expansion.is_some() {
+            self.validate(features, labels)?;
+            self.update_validated(features, labels);
+            return Ok(());
+        }
+        if labels.is_empty() {
+            return validate_batch(features, labels, self.dim);
+        }
+        // Laying the batch out checks it too, in the same pass.
+        let mut prepared = std::mem::take(&mut self.scratch.prepared);
+        let filled = prepared.fill(features, labels, self.dim, self.precision, self.threads);
+        if filled.is_ok() {
+            self.apply(&prepared);
+        }
+        self.scratch.prepared = prepared;
+        filled
     }
 
     /// Checks a batch of raw features for this state ([`validate_batch`], and the expanded
@@ -797,20 +810,25 @@ impl Stats {
             return;
         }
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
-        prepared.fill(features, labels, self.dim, self.precision, self.threads);
+        prepared
+            .fill(features, labels, self.dim, self.precision, self.threads)
+            .expect("the batch was validated");
         self.apply(&prepared);
         self.scratch.prepared = prepared;
     }
 
-    /// Lays out a validated batch for [`apply`](Stats::apply) in `precision`, on any thread
-    /// (the pipeline's producers do this).
-    pub(crate) fn prepare(batch: &Batch, dim: usize, precision: Precision) -> Prepared {
+    /// Checks a batch and lays it out for [`apply`](Stats::apply) in `precision`, on any
+    /// thread (the pipeline's producers do this).
+    ///
+    /// # Errors
+    /// The batch's [`BatchError`] (see [`validate_batch`]).
+    pub(crate) fn prepare(batch: &Batch, dim: usize, precision: Precision) -> Result<Prepared, BatchError> {
         let mut prepared = Prepared::default();
         match &batch.features {
             Features::F32(v) => prepared.fill(v, &batch.labels, dim, precision, 1),
             Features::F64(v) => prepared.fill(v, &batch.labels, dim, precision, 1),
-        }
-        prepared
+        }?;
+        Ok(prepared)
     }
 
     /// Adds a prepared batch: exactly what [`update`](Stats::update) of it would add.
@@ -887,7 +905,9 @@ impl Stats {
             self.apply_expanded(&rf, features, labels, -1.0);
         } else {
             let mut prepared = std::mem::take(&mut self.scratch.prepared);
-            prepared.fill(features, labels, self.dim, self.precision, self.threads);
+            prepared
+                .fill(features, labels, self.dim, self.precision, self.threads)
+                .expect("the batch was validated");
             prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
             self.scratch.prepared = prepared;
         }
