@@ -103,3 +103,70 @@ fn a_state_built_on_several_threads_round_trips_through_its_parts() {
         assert_eq!(Stats::from_parts(s.to_parts()).unwrap(), s, "{precision}");
     }
 }
+
+#[test]
+fn the_class_sums_and_the_sum_have_the_same_bits_at_every_thread_count() {
+    // d = 37: column ranges that are not whole cache lines; 1,700 rows: several chunks.
+    let d = 37;
+    let (x, y) = labelled_data(5, 1700, d, &[2, 4, 9, 11]);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    for precision in [Precision::Exact, Precision::Fast] {
+        let build = |threads: usize| {
+            let mut s32 = Stats::with_precision(d, precision).with_threads(threads);
+            s32.update(&x32, &y).unwrap();
+            let mut s64 = Stats::with_precision(d, precision).with_threads(threads);
+            s64.update(&x, &y).unwrap();
+            [s32, s64]
+        };
+        let one = build(1);
+        for threads in [2, 3, 8] {
+            for (a, b) in one.iter().zip(build(threads).iter()) {
+                assert_eq!(
+                    a.sum(Scope::All),
+                    b.sum(Scope::All),
+                    "{precision} threads={threads}"
+                );
+                for class in a.classes() {
+                    assert_eq!(
+                        a.class_sum(class, Scope::All),
+                        b.class_sum(class, Scope::All),
+                        "{precision} threads={threads} class {class}"
+                    );
+                }
+            }
+        }
+        // And they are the rows' sums (f64 sums of f32 values: within 1e-12).
+        let mut expected = vec![0.0f64; d];
+        for row in x32.chunks_exact(d) {
+            for (e, &v) in expected.iter_mut().zip(row) {
+                *e += f64::from(v);
+            }
+        }
+        let err = rel_err(&one[0].sum(Scope::All).1, &expected);
+        assert!(err < 1e-12, "{precision}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_value_is_found_by_row_and_column_at_every_thread_count() {
+    let d = 40;
+    let (x, y) = labelled_data(6, 1100, d, &[0, 1]);
+    for (row, col) in [(0, 0), (700, 39), (1099, 17)] {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            x32[row * d + col] = bad as f32;
+            for precision in [Precision::Exact, Precision::Fast] {
+                for threads in [1, 2] {
+                    let mut s = Stats::with_precision(d, precision).with_threads(threads);
+                    let err = s.update(&x32, &y).unwrap_err().to_string();
+                    assert!(
+                        err.contains(&format!("row {row}")) && err.contains(&format!("column {col}")),
+                        "{precision} threads={threads}: {err}"
+                    );
+                    assert_eq!(s.samples(), 0, "nothing applied");
+                    assert_eq!(s.sum(Scope::All).1, vec![0.0; d]);
+                }
+            }
+        }
+    }
+}

@@ -186,7 +186,7 @@ impl Prepared {
         }
         let ranges = column_ranges(dim, if rows >= CHUNK_ROWS { threads } else { 1 });
         let (bad, largest) = match self.layout {
-            Layout::Wide => fill_columns(
+            Layout::Wide => fill_columns::<T, f64, ToWide>(
                 features,
                 &self.slots,
                 dim,
@@ -194,14 +194,8 @@ impl Prepared {
                 &mut self.class_sums,
                 &mut [],
                 &mut self.wide,
-                |out, x, _| {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = v.to_f64();
-                    }
-                    0
-                },
             ),
-            Layout::Exact32 => fill_columns(
+            Layout::Exact32 => fill_columns::<T, f32, ToNarrow>(
                 features,
                 &self.slots,
                 dim,
@@ -209,14 +203,8 @@ impl Prepared {
                 &mut self.class_sums,
                 &mut [],
                 &mut self.narrow,
-                |out, x, _| {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = v.to_f32();
-                    }
-                    0
-                },
             ),
-            Layout::Shifted32 => fill_columns(
+            Layout::Shifted32 => fill_columns::<T, f32, ToShifted>(
                 features,
                 &self.slots,
                 dim,
@@ -224,19 +212,6 @@ impl Prepared {
                 &mut self.class_sums,
                 &mut self.shift,
                 &mut self.narrow,
-                |out, x, shift| {
-                    // The largest |x − shift| as the bits of a non-negative f32, an i32
-                    // whose order is the values' order (its maximum vectorizes).
-                    let mut largest = 0i32;
-                    for ((o, &v), &s) in out.iter_mut().zip(x).zip(shift) {
-                        *o = (v.to_f64() - s) as f32;
-                        let bits = (o.to_bits() & 0x7fff_ffff) as i32;
-                        if bits > largest {
-                            largest = bits;
-                        }
-                    }
-                    largest
-                },
             ),
         };
         self.sum.clear();
@@ -700,21 +675,61 @@ fn fold_shifted<'a>(
     sum: &[f64],
     rows: usize,
     sign: f64,
-    products: impl Iterator<Item = &'a Mat<f32>> + Clone,
+    products: impl Iterator<Item = &'a Mat<f32>>,
 ) {
-    let b = rows as f64;
-    for j in 0..shift.len() {
-        let dst = &mut m.gram.col_as_slice_mut(j)[j..];
-        let (mj, sj) = (shift[j], sum[j]);
-        for ((d, &mi), &si) in dst.iter_mut().zip(&shift[j..]).zip(&sum[j..]) {
-            *d += sign * (mi * sj + si * mj - b * mi * mj);
-        }
-        for product in products.clone() {
-            for (d, &z) in dst.iter_mut().zip(&product.col_as_slice(j)[j..]) {
-                *d += sign * f64::from(z);
+    // One read-modify-write of the Gram per batch, compiled for the CPU's vector width.
+    struct Fold<'a> {
+        gram: &'a mut Mat<f64>,
+        shift: &'a [f64],
+        sum: &'a [f64],
+        rows: f64,
+        sign: f64,
+        products: Vec<&'a Mat<f32>>,
+    }
+    impl pulp::WithSimd for Fold<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Fold {
+                gram,
+                shift,
+                sum,
+                rows: b,
+                sign,
+                products,
+            } = self;
+            for j in 0..shift.len() {
+                let dst = &mut gram.col_as_slice_mut(j)[j..];
+                let (mj, sj) = (shift[j], sum[j]);
+                let terms = dst.iter_mut().zip(&shift[j..]).zip(&sum[j..]);
+                match products.as_slice() {
+                    [product] => {
+                        for (((d, &mi), &si), &z) in terms.zip(&product.col_as_slice(j)[j..]) {
+                            *d += sign * ((mi * sj + si * mj - b * mi * mj) + f64::from(z));
+                        }
+                    }
+                    _ => {
+                        for ((d, &mi), &si) in terms {
+                            *d += sign * (mi * sj + si * mj - b * mi * mj);
+                        }
+                        for product in &products {
+                            for (d, &z) in dst.iter_mut().zip(&product.col_as_slice(j)[j..]) {
+                                *d += sign * f64::from(z);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
+    pulp::Arch::new().dispatch(Fold {
+        gram: &mut m.gram,
+        shift,
+        sum,
+        rows: rows as f64,
+        sign,
+        products: products.collect(),
+    });
 }
 
 /// The ReLU of one column, in place, then its [`column_sums`].
@@ -798,7 +813,7 @@ fn column_ranges(dim: usize, threads: usize) -> Vec<Range<usize>> {
 /// an f64 value exceeded [`MAX_ABS_FEATURE`] and the largest value `convert` returned. A
 /// non-empty `shift` is first set to the first chunk's column means, rounded to f32.
 #[allow(clippy::too_many_arguments)]
-fn fill_columns<T: Feature, U: Copy + Default + Send>(
+fn fill_columns<T: Feature, U: Copy + Default + Send, C: Convert<T, U>>(
     features: &[T],
     slots: &[usize],
     dim: usize,
@@ -806,15 +821,12 @@ fn fill_columns<T: Feature, U: Copy + Default + Send>(
     class_sums: &mut [f64],
     shift: &mut [f64],
     out: &mut Vec<U>,
-    convert: impl Fn(&mut [U], &[T], &[f64]) -> i32 + Sync,
 ) -> (bool, i32) {
     // Every slot is overwritten below; only a change of length needs a resize.
     if out.len() != features.len() {
         out.clear();
         out.resize(features.len(), U::default());
     }
-    let first = slots.len().min(CHUNK_ROWS);
-    let check = !T::EXACT_IN_F32;
     let shift_parts = if shift.is_empty() {
         ranges.iter().map(|_| Vec::new()).collect()
     } else {
@@ -831,43 +843,7 @@ fn fill_columns<T: Feature, U: Copy + Default + Send>(
             outs,
             shift,
         });
-    let work = |ColumnPart {
-                    range,
-                    mut sums,
-                    mut outs,
-                    mut shift,
-                }: ColumnPart<'_, U>| {
-        let columns = |r: usize| &features[r * dim + range.start..r * dim + range.end];
-        let shift: &[f64] = match shift.first_mut() {
-            Some(shift) => {
-                for r in 0..first {
-                    for (s, &v) in shift.iter_mut().zip(columns(r)) {
-                        *s += v.to_f64();
-                    }
-                }
-                for s in shift.iter_mut() {
-                    *s = f64::from((*s / first as f64) as f32);
-                }
-                shift
-            }
-            None => &[],
-        };
-        let mut bad = false;
-        let mut largest = 0i32;
-        for (r, (&slot, out)) in slots.iter().zip(outs.iter_mut()).enumerate() {
-            let x = columns(r);
-            for (s, &v) in sums[slot].iter_mut().zip(x) {
-                *s += v.to_f64();
-            }
-            if check {
-                bad |= x
-                    .iter()
-                    .fold(false, |b, &v| b | (v.to_f64().abs() > MAX_ABS_FEATURE));
-            }
-            largest = largest.max(convert(out, x, shift));
-        }
-        (bad, largest)
-    };
+    let work = |part: ColumnPart<'_, U>| fill_part_dispatch::<T, U, C>(features, slots, dim, part);
     let combine = |(b1, l1): (bool, i32), (b2, l2): (bool, i32)| (b1 | b2, l1.max(l2));
     if ranges.len() > 1 {
         use rayon::prelude::*;
@@ -879,6 +855,137 @@ fn fill_columns<T: Feature, U: Copy + Default + Send>(
     } else {
         parts.map(work).fold((false, 0), combine)
     }
+}
+
+/// How [`fill_columns`] writes a row's values in the product's precision.
+trait Convert<T, U>: Sync {
+    /// Writes `out` from `x` (and the row's `shift`, empty when the layout has none);
+    /// returns a value whose maximum over the batch is wanted, or 0.
+    fn row(out: &mut [U], x: &[T], shift: &[f64]) -> i32;
+}
+
+/// Exact precision, f64 products.
+struct ToWide;
+/// Exact precision, the f32 values as they are.
+struct ToNarrow;
+/// Fast precision: x − shift rounded to f32; returns the largest |x − shift| as the bits of a
+/// non-negative f32, an i32 whose order is the values' order (its maximum vectorizes).
+struct ToShifted;
+
+impl<T: Feature> Convert<T, f64> for ToWide {
+    #[inline(always)]
+    fn row(out: &mut [f64], x: &[T], _: &[f64]) -> i32 {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v.to_f64();
+        }
+        0
+    }
+}
+
+impl<T: Feature> Convert<T, f32> for ToNarrow {
+    #[inline(always)]
+    fn row(out: &mut [f32], x: &[T], _: &[f64]) -> i32 {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v.to_f32();
+        }
+        0
+    }
+}
+
+impl<T: Feature> Convert<T, f32> for ToShifted {
+    #[inline(always)]
+    fn row(out: &mut [f32], x: &[T], shift: &[f64]) -> i32 {
+        let mut largest = 0i32;
+        for ((o, &v), &s) in out.iter_mut().zip(x).zip(shift) {
+            *o = (v.to_f64() - s) as f32;
+            let bits = (o.to_bits() & 0x7fff_ffff) as i32;
+            if bits > largest {
+                largest = bits;
+            }
+        }
+        largest
+    }
+}
+
+/// [`fill_part`] compiled for the widest vector instructions this CPU has (through pulp,
+/// which faer uses too: AVX2 and FMA on x86-64; the rest of the crate targets the baseline).
+/// Only the instruction set differs: every value is computed by the same operations in the
+/// same order, so the results are the same bits.
+fn fill_part_dispatch<T: Feature, U: Copy, C: Convert<T, U>>(
+    features: &[T],
+    slots: &[usize],
+    dim: usize,
+    part: ColumnPart<'_, U>,
+) -> (bool, i32) {
+    struct Op<'a, 'b, T, U, C> {
+        features: &'a [T],
+        slots: &'a [usize],
+        dim: usize,
+        part: ColumnPart<'b, U>,
+        convert: std::marker::PhantomData<C>,
+    }
+    impl<T: Feature, U: Copy, C: Convert<T, U>> pulp::WithSimd for Op<'_, '_, T, U, C> {
+        type Output = (bool, i32);
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> Self::Output {
+            fill_part::<T, U, C>(self.features, self.slots, self.dim, self.part)
+        }
+    }
+    pulp::Arch::new().dispatch(Op::<T, U, C> {
+        features,
+        slots,
+        dim,
+        part,
+        convert: std::marker::PhantomData,
+    })
+}
+
+/// One column range of [`fill_columns`]: the shift (if any) from the first chunk's rows,
+/// then every row's class sums and converted values, and the range check of f64 values.
+#[inline(always)]
+fn fill_part<T: Feature, U: Copy, C: Convert<T, U>>(
+    features: &[T],
+    slots: &[usize],
+    dim: usize,
+    part: ColumnPart<'_, U>,
+) -> (bool, i32) {
+    let ColumnPart {
+        range,
+        mut sums,
+        mut outs,
+        mut shift,
+    } = part;
+    let columns = |r: usize| &features[r * dim + range.start..r * dim + range.end];
+    let shift: &[f64] = match shift.first_mut() {
+        Some(shift) => {
+            let first = slots.len().min(CHUNK_ROWS);
+            for r in 0..first {
+                for (s, &v) in shift.iter_mut().zip(columns(r)) {
+                    *s += v.to_f64();
+                }
+            }
+            for s in shift.iter_mut() {
+                *s = f64::from((*s / first as f64) as f32);
+            }
+            shift
+        }
+        None => &[],
+    };
+    let mut bad = false;
+    let mut largest = 0i32;
+    for (r, (&slot, out)) in slots.iter().zip(outs.iter_mut()).enumerate() {
+        let x = columns(r);
+        for (s, &v) in sums[slot].iter_mut().zip(x) {
+            *s += v.to_f64();
+        }
+        if !T::EXACT_IN_F32 {
+            bad |= x
+                .iter()
+                .fold(false, |b, &v| b | (v.to_f64().abs() > MAX_ABS_FEATURE));
+        }
+        largest = largest.max(C::row(out, x, shift));
+    }
+    (bad, largest)
 }
 
 /// One worker's share of [`fill_columns`]: its columns of every class's sums, of every
