@@ -92,7 +92,8 @@ enum Chunk {
 }
 
 enum Message {
-    Update(Box<Prepared>),
+    /// A laid-out batch and the batch itself (whose rows the product reads in exact precision).
+    Update(Box<Prepared>, Arc<Batch>),
     /// An expanded batch of `rows` rows, arriving chunk by chunk on its own channel (the
     /// expanded rows are never held whole). The reducer takes all of it before the next
     /// message, so each batch is wholly in a snapshot or wholly out.
@@ -147,9 +148,12 @@ pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
 fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<Stats, ReducerError> {
     for message in rx.iter() {
         let outcome = match message {
-            Message::Update(prepared) => {
+            Message::Update(prepared, batch) => {
                 // `send` validated and laid it out on the producer's thread.
-                stats.apply(&prepared);
+                match &batch.features {
+                    Features::F32(v) => stats.apply(&prepared, v),
+                    Features::F64(v) => stats.apply(&prepared, v),
+                }
                 Ok(())
             }
             Message::Expanded { rows, chunks } => {
@@ -224,7 +228,7 @@ impl Producer {
         if self.shared.expansion.is_some() {
             batch.validate(self.shared.dim)?;
         }
-        self.send_valid(&batch)
+        self.send_valid(batch)
     }
 
     /// Checks a batch as [`send`](Producer::send) does, without queueing it.
@@ -242,7 +246,7 @@ impl Producer {
     /// [`send`](Producer::send) for a batch already validated against this dimension (the
     /// server's frame decoder does it); an expanded state still checks the magnitudes its
     /// expansion needs.
-    pub(crate) fn send_valid(&self, batch: &Batch) -> Result<(), PipelineError> {
+    pub(crate) fn send_valid(&self, batch: Arc<Batch>) -> Result<(), PipelineError> {
         if let Some(rf) = &self.shared.expansion {
             return match &batch.features {
                 Features::F32(v) => self.send_expanded(rf, v, &batch.labels),
@@ -251,8 +255,8 @@ impl Producer {
         }
         // The O(B·d) work (class sums, transposition, conversion) happens here, on the
         // producer's thread; the reducer is left with the O(B·d²) product.
-        let prepared = Stats::prepare(batch, self.shared.dim, self.shared.precision)?;
-        self.put(Message::Update(Box::new(prepared)))
+        let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision)?;
+        self.put(Message::Update(Box::new(prepared), batch))
     }
 
     /// Expands a validated batch here, `CHUNK_ROWS` (512) rows at a time, and hands each chunk to the

@@ -553,7 +553,7 @@ fn read_requests(
             // `Request::decode` validated the batch against the session's dimension.
             Request::Batch { seq, batch } => {
                 let rows = batch.rows() as u64;
-                queue(shared, rows, Reply::Ack(seq), |p| p.send_valid(&batch))
+                queue(shared, rows, Reply::Ack(seq), |p| p.send_valid(Arc::new(batch)))
             }
             Request::BeginTask => queue(shared, 0, Reply::TaskBegun, Producer::begin_task),
             // The snapshots behind these include every batch queued above on this

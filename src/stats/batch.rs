@@ -15,6 +15,12 @@ pub trait Feature: Copy + Send + Sync + 'static + fmt::Debug {
     fn is_finite_value(self) -> bool;
     /// The value rounded to `f32` (exact for `f32`), for the fast precision.
     fn to_f32(self) -> f32;
+    /// The values as `f64`s when they are `f64`s (the exact product then reads them in
+    /// place), else `None` (they are widened a chunk at a time).
+    fn as_f64s(values: &[Self]) -> Option<&[f64]> {
+        let _ = values;
+        None
+    }
 }
 
 impl Feature for f32 {
@@ -45,6 +51,9 @@ impl Feature for f64 {
     #[inline]
     fn is_finite_value(self) -> bool {
         self.is_finite()
+    }
+    fn as_f64s(values: &[f64]) -> Option<&[f64]> {
+        Some(values)
     }
 }
 

@@ -99,11 +99,12 @@ pub(crate) struct Prepared {
 /// Which buffer of a [`Prepared`] holds the rows, and how.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Layout {
-    /// `wide`, f64.
+    /// `wide`, f64 (expanded chunks).
     #[default]
     Wide,
-    /// `narrow`, the f32 rows unchanged (exact precision).
-    Exact32,
+    /// Nowhere: the rows are the caller's batch (exact precision), which
+    /// [`apply`](Prepared::apply) gets again as [`Rows`]; nothing is copied.
+    InBatch,
     /// `narrow`, shifted by `shift` (fast precision).
     Shifted32,
 }
@@ -175,10 +176,8 @@ impl Prepared {
         self.class_sums.resize(k * dim, 0.0);
         self.layout = if precision == Precision::Fast && rows > 0 {
             Layout::Shifted32
-        } else if T::EXACT_IN_F32 {
-            Layout::Exact32
         } else {
-            Layout::Wide
+            Layout::InBatch
         };
         self.shift.clear();
         if self.layout == Layout::Shifted32 {
@@ -186,23 +185,14 @@ impl Prepared {
         }
         let ranges = column_ranges(dim, if rows >= CHUNK_ROWS { threads } else { 1 });
         let (bad, largest) = match self.layout {
-            Layout::Wide => fill_columns::<T, f64, ToWide>(
+            Layout::InBatch | Layout::Wide => fill_columns::<T, (), SumsOnly>(
                 features,
                 &self.slots,
                 dim,
                 &ranges,
                 &mut self.class_sums,
                 &mut [],
-                &mut self.wide,
-            ),
-            Layout::Exact32 => fill_columns::<T, f32, ToNarrow>(
-                features,
-                &self.slots,
-                dim,
-                &ranges,
-                &mut self.class_sums,
-                &mut [],
-                &mut self.narrow,
+                &mut Vec::new(),
             ),
             Layout::Shifted32 => fill_columns::<T, f32, ToShifted>(
                 features,
@@ -366,7 +356,7 @@ impl Prepared {
             return;
         }
         if self.layout != Layout::Shifted32 {
-            self.apply(m, sign, scratch, threads);
+            self.apply::<f64>(&[], m, sign, scratch, threads);
             return;
         }
         let dim = self.dim;
@@ -419,11 +409,22 @@ impl Prepared {
     /// one at a time (a worker slowed by another process simply takes fewer), each into its own
     /// accumulator; worker 0 adds straight into the Gram, the others' sums are added after. A
     /// batch of one chunk uses faer's parallel product instead.
-    pub(crate) fn apply(&self, m: &mut Moments, sign: f64, scratch: &mut ProductScratch, threads: usize) {
+    ///
+    /// `batch` must be the batch's rows when they were left in it (exact precision); an
+    /// expanded chunk or a fast-precision batch holds its own and ignores `batch`.
+    pub(crate) fn apply<T: Feature>(
+        &self,
+        batch: &[T],
+        m: &mut Moments,
+        sign: f64,
+        scratch: &mut ProductScratch,
+        threads: usize,
+    ) {
         let dim = self.dim;
         if self.rows == 0 {
             return;
         }
+        debug_assert!(self.layout != Layout::InBatch || batch.len() == self.rows * dim);
         let chunks = self.rows.div_ceil(CHUNK_ROWS);
         let workers = threads.clamp(1, chunks);
         let par = if workers == 1 && threads > 1 {
@@ -458,7 +459,6 @@ impl Prepared {
                 .map(|w| &w.product);
             fold_shifted(m, &self.shift, &self.sum, self.rows, sign, products);
         } else {
-            let exact32 = self.layout == Layout::Exact32;
             // Worker 0 adds ±XᵀX into the Gram itself; the others sum XᵀX on their own.
             let (first, rest) = scratch.workers.split_at_mut(1);
             // (accumulator, widening buffer, took a chunk, alpha, whether it starts empty)
@@ -475,6 +475,7 @@ impl Prepared {
                     .take(workers - 1)
                     .map(|w| (w.gram.as_mut(), &mut w.wide, &mut w.used, 1.0, true)),
             );
+            let row_major = self.row_major;
             run_workers(accumulators, |(mut gram, wide, used, alpha, starts_empty)| {
                 while let Some(k) = take(&next, chunks) {
                     let accum = if starts_empty && !*used {
@@ -482,15 +483,15 @@ impl Prepared {
                     } else {
                         Accum::Add
                     };
-                    if exact32 {
-                        // A sequential, exact widening of a chunk about to be multiplied.
-                        let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
-                        wide.clear();
-                        wide.extend(chunk.iter().map(|&v| f64::from(v)));
-                        syrk(gram.as_mut(), wide, dim, self.row_major, accum, alpha, par);
+                    let span = k * width..((k + 1) * width).min(self.rows * dim);
+                    if self.layout == Layout::Wide {
+                        syrk(gram.as_mut(), &self.wide[span], dim, row_major, accum, alpha, par);
+                    } else if let Some(x) = T::as_f64s(&batch[span.clone()]) {
+                        syrk(gram.as_mut(), x, dim, row_major, accum, alpha, par);
                     } else {
-                        let chunk = &self.wide[k * width..((k + 1) * width).min(self.wide.len())];
-                        syrk(gram.as_mut(), chunk, dim, self.row_major, accum, alpha, par);
+                        // An exact widening of a chunk about to be multiplied.
+                        widen(&batch[span], wide);
+                        syrk(gram.as_mut(), wide, dim, row_major, accum, alpha, par);
                     }
                     *used = true;
                 }
@@ -864,30 +865,15 @@ trait Convert<T, U>: Sync {
     fn row(out: &mut [U], x: &[T], shift: &[f64]) -> i32;
 }
 
-/// Exact precision, f64 products.
-struct ToWide;
-/// Exact precision, the f32 values as they are.
-struct ToNarrow;
+/// Exact precision: the sums only (the product reads the caller's rows).
+struct SumsOnly;
 /// Fast precision: x − shift rounded to f32; returns the largest |x − shift| as the bits of a
 /// non-negative f32, an i32 whose order is the values' order (its maximum vectorizes).
 struct ToShifted;
 
-impl<T: Feature> Convert<T, f64> for ToWide {
+impl<T: Feature> Convert<T, ()> for SumsOnly {
     #[inline(always)]
-    fn row(out: &mut [f64], x: &[T], _: &[f64]) -> i32 {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = v.to_f64();
-        }
-        0
-    }
-}
-
-impl<T: Feature> Convert<T, f32> for ToNarrow {
-    #[inline(always)]
-    fn row(out: &mut [f32], x: &[T], _: &[f64]) -> i32 {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = v.to_f32();
-        }
+    fn row(_: &mut [()], _: &[T], _: &[f64]) -> i32 {
         0
     }
 }
@@ -1012,6 +998,21 @@ fn split_columns<'a, V>(buf: &'a mut [V], dim: usize, ranges: &[Range<usize>]) -
         }
     }
     parts
+}
+
+/// `wide` = `chunk` widened to f64, with the CPU's vector width.
+fn widen<T: Feature>(chunk: &[T], wide: &mut Vec<f64>) {
+    struct Op<'a, T>(&'a [T], &'a mut Vec<f64>);
+    impl<T: Feature> pulp::WithSimd for Op<'_, T> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            let Op(chunk, wide) = self;
+            wide.clear();
+            wide.extend(chunk.iter().map(|&v| v.to_f64()));
+        }
+    }
+    pulp::Arch::new().dispatch(Op(chunk, wide));
 }
 
 /// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, X `rows × dim`, row-major or

@@ -720,7 +720,7 @@ impl Stats {
         let mut prepared = std::mem::take(&mut self.scratch.prepared);
         let filled = prepared.fill(features, labels, self.dim, self.precision, self.threads);
         if filled.is_ok() {
-            self.apply(&prepared);
+            self.apply(&prepared, features);
         }
         self.scratch.prepared = prepared;
         filled
@@ -813,7 +813,7 @@ impl Stats {
         prepared
             .fill(features, labels, self.dim, self.precision, self.threads)
             .expect("the batch was validated");
-        self.apply(&prepared);
+        self.apply(&prepared, features);
         self.scratch.prepared = prepared;
     }
 
@@ -832,11 +832,12 @@ impl Stats {
     }
 
     /// Adds a prepared batch: exactly what [`update`](Stats::update) of it would add.
-    pub(crate) fn apply(&mut self, prepared: &Prepared) {
+    /// `batch` holds the batch's rows (see [`Prepared::apply`]).
+    pub(crate) fn apply<T: Feature>(&mut self, prepared: &Prepared, batch: &[T]) {
         if prepared.rows() == 0 {
             return;
         }
-        prepared.apply(&mut self.task, 1.0, &mut self.scratch.product, self.threads);
+        prepared.apply(batch, &mut self.task, 1.0, &mut self.scratch.product, self.threads);
         self.version = next_version();
     }
 
@@ -908,7 +909,13 @@ impl Stats {
             prepared
                 .fill(features, labels, self.dim, self.precision, self.threads)
                 .expect("the batch was validated");
-            prepared.apply(&mut self.task, -1.0, &mut self.scratch.product, self.threads);
+            prepared.apply(
+                features,
+                &mut self.task,
+                -1.0,
+                &mut self.scratch.product,
+                self.threads,
+            );
             self.scratch.prepared = prepared;
         }
         self.task.drop_emptied();
