@@ -250,7 +250,8 @@ fn stream_pipeline(
                 }
                 .with_threads(threads)
             });
-            pipeline::spawn(state, producers.div_ceil(reducers))
+            // One batch waits per producer beyond the first (the first hands its batch over).
+            pipeline::spawn(state, producers.div_ceil(reducers) - 1)
         })
         .collect();
     let start = Instant::now();

@@ -405,10 +405,10 @@ impl Prepared {
     /// `m ± this batch`: the Gram product (in the prepared precision), the count, the sums and
     /// the class sums and counts. For removal the counts were checked.
     ///
-    /// The product is split into chunks of `CHUNK_ROWS` rows that up to `threads` workers take
-    /// one at a time (a worker slowed by another process simply takes fewer), each into its own
-    /// accumulator; worker 0 adds straight into the Gram, the others' sums are added after. A
-    /// batch of one chunk uses faer's parallel product instead.
+    /// The product's lower triangle is cut into column tiles of equal work that up to
+    /// `threads` workers take one at a time (a worker slowed by another process simply takes
+    /// fewer), each adding its tile straight into the Gram: no worker needs a Gram of its own.
+    /// f32 rows in exact precision are widened [`widen_rows`] at a time.
     ///
     /// `batch` must be the batch's rows when they were left in it (exact precision); an
     /// expanded chunk or a fast-precision batch holds its own and ignores `batch`.
@@ -420,92 +420,86 @@ impl Prepared {
         scratch: &mut ProductScratch,
         threads: usize,
     ) {
-        let dim = self.dim;
         if self.rows == 0 {
             return;
         }
-        debug_assert!(self.layout != Layout::InBatch || batch.len() == self.rows * dim);
-        let chunks = self.rows.div_ceil(CHUNK_ROWS);
-        let workers = threads.clamp(1, chunks);
-        let par = if workers == 1 && threads > 1 {
-            Par::rayon(threads)
-        } else {
-            Par::Seq
-        };
-        scratch.ensure(workers, dim, self.layout == Layout::Shifted32);
-        let width = CHUNK_ROWS * dim;
-        let next = AtomicUsize::new(0);
-        if self.layout == Layout::Shifted32 {
-            // Every worker sums f32 products; the f64 totals take their sum and the shift.
-            let accumulators: Vec<(&mut Mat<f32>, &mut bool)> = scratch
-                .workers
-                .iter_mut()
-                .take(workers)
-                .map(|w| (&mut w.product, &mut w.used))
-                .collect();
-            run_workers(accumulators, |(product, used)| {
-                while let Some(k) = take(&next, chunks) {
-                    let chunk = &self.narrow[k * width..((k + 1) * width).min(self.narrow.len())];
-                    let accum = if *used { Accum::Add } else { Accum::Replace };
-                    syrk(product.as_mut(), chunk, dim, self.row_major, accum, 1.0, par);
-                    *used = true;
+        self.add_counts(m, sign);
+        self.add_product(batch, m, sign, scratch, threads);
+    }
+
+    /// [`apply`](Prepared::apply) of a batch handed over whole (the pipeline's reducer): its
+    /// class sums are added and freed before the product, so the reducer does not hold them
+    /// through it (with C = 1000 at d = 2048 they are 16 MiB a batch).
+    pub(crate) fn apply_owned<T: Feature>(
+        mut self: Box<Self>,
+        batch: &[T],
+        m: &mut Moments,
+        scratch: &mut ProductScratch,
+        threads: usize,
+    ) {
+        if self.rows == 0 {
+            return;
+        }
+        self.add_counts(m, 1.0);
+        self.class_sums = Vec::new();
+        self.slots = Vec::new();
+        self.add_product(batch, m, 1.0, scratch, threads);
+    }
+
+    /// The Gram product part of [`apply`](Prepared::apply).
+    fn add_product<T: Feature>(
+        &self,
+        batch: &[T],
+        m: &mut Moments,
+        sign: f64,
+        scratch: &mut ProductScratch,
+        threads: usize,
+    ) {
+        let dim = self.dim;
+        let threads = threads.max(1);
+        let row_major = self.row_major;
+        match self.layout {
+            Layout::Shifted32 => {
+                // The batch's f32 product, then its f64 fold with the shift undone.
+                if scratch.product.nrows() != dim {
+                    scratch.product = Mat::zeros(dim, dim);
                 }
-            });
-            let products = scratch
-                .workers
-                .iter()
-                .take(workers)
-                .filter(|w| w.used)
-                .map(|w| &w.product);
-            fold_shifted(m, &self.shift, &self.sum, self.rows, sign, products);
-        } else {
-            // Worker 0 adds ±XᵀX into the Gram itself; the others sum XᵀX on their own.
-            let (first, rest) = scratch.workers.split_at_mut(1);
-            // (accumulator, widening buffer, took a chunk, alpha, whether it starts empty)
-            type Worker<'a> = (faer::MatMut<'a, f64>, &'a mut Vec<f64>, &'a mut bool, f64, bool);
-            let mut accumulators: Vec<Worker<'_>> = vec![(
-                m.gram.as_mut(),
-                &mut first[0].wide,
-                &mut first[0].used,
-                sign,
-                false,
-            )];
-            accumulators.extend(
-                rest.iter_mut()
-                    .take(workers - 1)
-                    .map(|w| (w.gram.as_mut(), &mut w.wide, &mut w.used, 1.0, true)),
-            );
-            let row_major = self.row_major;
-            run_workers(accumulators, |(mut gram, wide, used, alpha, starts_empty)| {
-                while let Some(k) = take(&next, chunks) {
-                    let accum = if starts_empty && !*used {
-                        Accum::Replace
-                    } else {
-                        Accum::Add
-                    };
-                    let span = k * width..((k + 1) * width).min(self.rows * dim);
-                    if self.layout == Layout::Wide {
-                        syrk(gram.as_mut(), &self.wide[span], dim, row_major, accum, alpha, par);
-                    } else if let Some(x) = T::as_f64s(&batch[span.clone()]) {
-                        syrk(gram.as_mut(), x, dim, row_major, accum, alpha, par);
-                    } else {
-                        // An exact widening of a chunk about to be multiplied.
-                        widen(&batch[span], wide);
-                        syrk(gram.as_mut(), wide, dim, row_major, accum, alpha, par);
-                    }
-                    *used = true;
-                }
-            });
-            for w in scratch.workers.iter().take(workers).skip(1).filter(|w| w.used) {
-                // Only the lower triangles were written; the upper ones stay zero.
-                if sign > 0.0 {
-                    m.gram += &w.gram;
+                let x = transposed(&self.narrow, dim, row_major);
+                syrk_tiled(scratch.product.as_mut(), x, Accum::Replace, 1.0, threads);
+                fold_shifted(
+                    m,
+                    &self.shift,
+                    &self.sum,
+                    self.rows,
+                    sign,
+                    std::iter::once(&scratch.product),
+                );
+            }
+            Layout::Wide => {
+                let x = transposed(&self.wide, dim, row_major);
+                syrk_tiled(m.gram.as_mut(), x, Accum::Add, sign, threads);
+            }
+            Layout::InBatch => {
+                debug_assert_eq!(batch.len(), self.rows * dim);
+                if let Some(x) = T::as_f64s(batch) {
+                    syrk_tiled(
+                        m.gram.as_mut(),
+                        transposed(x, dim, true),
+                        Accum::Add,
+                        sign,
+                        threads,
+                    );
+                } else if threads > 1 && dim < TILE_DIM && self.rows > CHUNK_ROWS {
+                    syrk_chunked(&mut m.gram, batch, sign, threads, scratch);
                 } else {
-                    m.gram -= &w.gram;
+                    for chunk in batch.chunks(widen_rows(dim) * dim) {
+                        widen(chunk, &mut scratch.wide, threads);
+                        let x = transposed(&scratch.wide, dim, true);
+                        syrk_tiled(m.gram.as_mut(), x, Accum::Add, sign, threads);
+                    }
                 }
             }
         }
-        self.add_counts(m, sign);
     }
 
     /// `m ± this batch`'s count, sum and class counts and sums.
@@ -553,10 +547,13 @@ pub(crate) struct Scratch {
     pub(crate) product: ProductScratch,
 }
 
-/// The product's buffers, one set per worker: its f32 product (fast path), its widened chunk
-/// (f32 input, exact path) and, for workers after the first, its own f64 Gram.
+/// The product's buffers: the f32 product of a fast-precision batch, a widened chunk of f32
+/// rows (exact precision), and the open f32 accumulator of an expanded batch's chunks.
 pub(crate) struct ProductScratch {
-    workers: Vec<WorkerScratch>,
+    product: Mat<f32>,
+    wide: Vec<f64>,
+    /// [`syrk_chunked`]'s workers after the first: a Gram and a widened chunk each.
+    workers: Vec<(Mat<f64>, Vec<f64>)>,
     /// The open f32 accumulator of an expanded batch's chunks, and its bookkeeping.
     pending_product: Mat<f32>,
     pending: Option<Pending>,
@@ -565,46 +562,11 @@ pub(crate) struct ProductScratch {
 impl Default for ProductScratch {
     fn default() -> Self {
         ProductScratch {
+            product: Mat::new(),
+            wide: Vec::new(),
             workers: Vec::new(),
             pending_product: Mat::new(),
             pending: None,
-        }
-    }
-}
-
-struct WorkerScratch {
-    gram: Mat<f64>,
-    product: Mat<f32>,
-    wide: Vec<f64>,
-    /// Whether this worker took a chunk of the current batch.
-    used: bool,
-}
-
-impl Default for WorkerScratch {
-    fn default() -> Self {
-        WorkerScratch {
-            gram: Mat::new(),
-            product: Mat::new(),
-            wide: Vec::new(),
-            used: false,
-        }
-    }
-}
-
-impl ProductScratch {
-    /// Buffers for `workers` workers at dimension `dim`; only the ones a path uses are sized.
-    fn ensure(&mut self, workers: usize, dim: usize, fast: bool) {
-        if self.workers.len() < workers {
-            self.workers.resize_with(workers, WorkerScratch::default);
-        }
-        for (k, w) in self.workers.iter_mut().take(workers).enumerate() {
-            w.used = false;
-            if fast && w.product.nrows() != dim {
-                w.product = Mat::zeros(dim, dim);
-            }
-            if !fast && k > 0 && w.gram.nrows() != dim {
-                w.gram = Mat::zeros(dim, dim);
-            }
         }
     }
 }
@@ -613,20 +575,6 @@ impl ProductScratch {
 fn take(next: &AtomicUsize, chunks: usize) -> Option<usize> {
     let k = next.fetch_add(1, Ordering::Relaxed);
     (k < chunks).then_some(k)
-}
-
-/// Runs `work` once per accumulator: inline for one, on rayon's pool for more.
-fn run_workers<A: Send>(accumulators: Vec<A>, work: impl Fn(A) + Sync) {
-    if accumulators.len() == 1 {
-        accumulators.into_iter().for_each(work);
-    } else {
-        let work = &work;
-        rayon::scope(|s| {
-            for a in accumulators {
-                s.spawn(move |_| work(a));
-            }
-        });
-    }
 }
 
 impl Clone for Scratch {
@@ -1000,19 +948,208 @@ fn split_columns<'a, V>(buf: &'a mut [V], dim: usize, ranges: &[Range<usize>]) -
     parts
 }
 
-/// `wide` = `chunk` widened to f64, with the CPU's vector width.
-fn widen<T: Feature>(chunk: &[T], wide: &mut Vec<f64>) {
-    struct Op<'a, T>(&'a [T], &'a mut Vec<f64>);
+/// Below this dimension, f32 rows in exact precision are multiplied by [`syrk_chunked`]
+/// (measured faster there: 947k against 787k samples/s at d = 384, 2 threads) rather than
+/// by tiles; its extra Gram per worker is then at most 8 MiB.
+const TILE_DIM: usize = 1024;
+
+/// `gram ± XᵀX` for row-major f32 rows X (exact precision) on `threads` workers that take
+/// [`CHUNK_ROWS`]-row chunks from a shared counter, widen each and add its product into
+/// their own accumulator (worker 0 straight into `gram`; the others' are added after).
+fn syrk_chunked<T: Feature>(
+    gram: &mut Mat<f64>,
+    batch: &[T],
+    sign: f64,
+    threads: usize,
+    scratch: &mut ProductScratch,
+) {
+    let dim = gram.nrows();
+    let chunks = (batch.len() / dim).div_ceil(CHUNK_ROWS);
+    let workers = threads.min(chunks);
+    scratch
+        .workers
+        .resize_with(workers - 1, || (Mat::zeros(dim, dim), Vec::new()));
+    for (g, _) in &mut scratch.workers {
+        if g.nrows() != dim {
+            *g = Mat::zeros(dim, dim);
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let work = |mut acc: faer::MatMut<'_, f64>, wide: &mut Vec<f64>, alpha: f64, mut accum: Accum| {
+        let mut used = false;
+        while let Some(k) = take(&next, chunks) {
+            let chunk = &batch[k * CHUNK_ROWS * dim..((k + 1) * CHUNK_ROWS * dim).min(batch.len())];
+            widen(chunk, wide, 1);
+            syrk(acc.as_mut(), wide, dim, true, accum, alpha, Par::Seq);
+            accum = Accum::Add;
+            used = true;
+        }
+        used
+    };
+    let mut used = vec![false; workers - 1];
+    rayon::scope(|s| {
+        for ((g, wide), used) in scratch.workers.iter_mut().zip(used.iter_mut()) {
+            let work = &work;
+            s.spawn(move |_| *used = work(g.as_mut(), wide, 1.0, Accum::Replace));
+        }
+        work(gram.as_mut(), &mut scratch.wide, sign, Accum::Add);
+    });
+    for ((g, _), _) in scratch.workers.iter().zip(&used).filter(|(_, u)| **u) {
+        // Only the lower triangles were written; the upper ones stay zero.
+        if sign > 0.0 {
+            *gram += g;
+        } else {
+            *gram -= g;
+        }
+    }
+}
+
+/// Rows of f32 input widened at a time in exact precision: 4 MiB of f64 (at least
+/// [`CHUNK_ROWS`]), so that small dimensions still give each product call enough work.
+fn widen_rows(dim: usize) -> usize {
+    ((4 << 20) / (8 * dim.max(1))).max(CHUNK_ROWS)
+}
+
+/// Xᵀ as a `dim × rows` view of X's rows, row-major or column-major.
+fn transposed<T>(x: &[T], dim: usize, row_major: bool) -> MatRef<'_, T> {
+    let rows = x.len() / dim;
+    if row_major {
+        MatRef::from_column_major_slice(x, dim, rows)
+    } else {
+        MatRef::from_column_major_slice(x, rows, dim).transpose()
+    }
+}
+
+/// The column tiles of a `dim × dim` lower triangle: bounds `0 = b₀ < b₁ < … = dim` whose
+/// tiles (columns bₖ..bₖ₊₁, rows bₖ..dim) hold about equal shares of the triangle, each at
+/// least 32 columns wide and a multiple of 16 (except the last).
+fn tile_bounds(dim: usize, tiles: usize) -> Vec<usize> {
+    let total = (dim * (dim + 1) / 2) as f64;
+    let mut bounds = vec![0];
+    let mut a = 0usize;
+    for t in 1..tiles {
+        // Columns 0..b hold b·dim − b(b−1)/2 entries; solve for the t-th share.
+        let target = total * t as f64 / tiles as f64;
+        let n = dim as f64 + 0.5;
+        let b = n - (n * n - 2.0 * target).max(0.0).sqrt();
+        let b = ((b / 16.0).round() as usize * 16).min(dim);
+        if b >= a + 32 && b + 32 <= dim {
+            bounds.push(b);
+            a = b;
+        }
+    }
+    bounds.push(dim);
+    bounds
+}
+
+/// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, given `xt` = Xᵀ (`dim × rows`).
+///
+/// The triangle is cut into [`tile_bounds`] tiles (four per thread) that up to `threads`
+/// workers take from a shared counter; each tile is a triangular diagonal block and a
+/// rectangular block below it, both computed by faer's sequential kernels straight into
+/// `dst`. One thread, or a dimension too small for tiles, runs one triangular product.
+fn syrk_tiled<T: faer::traits::ComplexField + Copy + Send + Sync>(
+    dst: faer::MatMut<'_, T>,
+    xt: MatRef<'_, T>,
+    accum: Accum,
+    alpha: T,
+    threads: usize,
+) {
+    let dim = xt.nrows();
+    let bounds = if threads > 1 {
+        tile_bounds(dim, 4 * threads)
+    } else {
+        vec![0, dim]
+    };
+    if bounds.len() <= 2 {
+        matmul(
+            dst,
+            BlockStructure::TriangularLower,
+            accum,
+            xt,
+            BlockStructure::Rectangular,
+            xt.transpose(),
+            BlockStructure::Rectangular,
+            alpha,
+            Par::Seq,
+        );
+        return;
+    }
+    let mut tiles = Vec::with_capacity(bounds.len() - 1);
+    let mut rest = dst;
+    for w in bounds.windows(2) {
+        let (tile, right) = rest.split_at_col_mut(w[1] - w[0]);
+        tiles.push(std::sync::Mutex::new(Some((w[0], tile))));
+        rest = right;
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(t) = take(&next, tiles.len()) {
+            let Some((a, tile)) = tiles[t].lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                continue;
+            };
+            let w = tile.ncols();
+            let (top, below) = tile.split_at_row_mut(a + w);
+            let diag = top.subrows_mut(a, w);
+            let cols = xt.subrows(a, w);
+            matmul(
+                diag,
+                BlockStructure::TriangularLower,
+                accum,
+                cols,
+                BlockStructure::Rectangular,
+                cols.transpose(),
+                BlockStructure::Rectangular,
+                alpha,
+                Par::Seq,
+            );
+            if a + w < dim {
+                faer::linalg::matmul::matmul(
+                    below,
+                    accum,
+                    xt.subrows(a + w, dim - a - w),
+                    cols.transpose(),
+                    alpha,
+                    Par::Seq,
+                );
+            }
+        }
+    };
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+}
+
+/// `wide` = `chunk` widened to f64 (exactly), with the CPU's vector width, on up to
+/// `threads` threads.
+fn widen<T: Feature>(chunk: &[T], wide: &mut Vec<f64>, threads: usize) {
+    struct Op<'a, T>(&'a [T], &'a mut [f64]);
     impl<T: Feature> pulp::WithSimd for Op<'_, T> {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: pulp::Simd>(self, _: S) {
-            let Op(chunk, wide) = self;
-            wide.clear();
-            wide.extend(chunk.iter().map(|&v| v.to_f64()));
+            for (w, &v) in self.1.iter_mut().zip(self.0) {
+                *w = v.to_f64();
+            }
         }
     }
-    pulp::Arch::new().dispatch(Op(chunk, wide));
+    if wide.len() != chunk.len() {
+        wide.clear();
+        wide.resize(chunk.len(), 0.0);
+    }
+    let piece = chunk.len().div_ceil(threads.max(1)).max(1 << 14);
+    if threads > 1 && chunk.len() > piece {
+        use rayon::prelude::*;
+        chunk
+            .par_chunks(piece)
+            .zip(wide.par_chunks_mut(piece))
+            .for_each(|(c, w)| pulp::Arch::new().dispatch(Op(c, w)));
+    } else {
+        pulp::Arch::new().dispatch(Op(chunk, wide));
+    }
 }
 
 /// `dst = accum(dst) + alpha · XᵀX` on the lower triangle, X `rows × dim`, row-major or

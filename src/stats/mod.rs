@@ -837,7 +837,23 @@ impl Stats {
         if prepared.rows() == 0 {
             return;
         }
-        prepared.apply(batch, &mut self.task, 1.0, &mut self.scratch.product, self.threads);
+        prepared.apply(
+            batch,
+            &mut self.task,
+            1.0,
+            &mut self.scratch.product,
+            self.threads,
+        );
+        self.version = next_version();
+    }
+
+    /// [`apply`](Stats::apply) of a prepared batch handed over whole (see
+    /// [`Prepared::apply_owned`]).
+    pub(crate) fn apply_owned<T: Feature>(&mut self, prepared: Box<Prepared>, batch: &[T]) {
+        if prepared.rows() == 0 {
+            return;
+        }
+        prepared.apply_owned(batch, &mut self.task, &mut self.scratch.product, self.threads);
         self.version = next_version();
     }
 
