@@ -153,8 +153,8 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
             Message::Update(prepared, batch) => {
                 // `send` validated and laid it out on the producer's thread.
                 match &batch.features {
-                    Features::F32(v) => stats.apply_owned(prepared, v),
-                    Features::F64(v) => stats.apply_owned(prepared, v),
+                    Features::F32(v) => stats.apply(&prepared, v),
+                    Features::F64(v) => stats.apply(&prepared, v),
                 }
                 Ok(())
             }

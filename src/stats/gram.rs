@@ -427,25 +427,6 @@ impl Prepared {
         self.add_product(batch, m, sign, scratch, threads);
     }
 
-    /// [`apply`](Prepared::apply) of a batch handed over whole (the pipeline's reducer): its
-    /// class sums are added and freed before the product, so the reducer does not hold them
-    /// through it (with C = 1000 at d = 2048 they are 16 MiB a batch).
-    pub(crate) fn apply_owned<T: Feature>(
-        mut self: Box<Self>,
-        batch: &[T],
-        m: &mut Moments,
-        scratch: &mut ProductScratch,
-        threads: usize,
-    ) {
-        if self.rows == 0 {
-            return;
-        }
-        self.add_counts(m, 1.0);
-        self.class_sums = Vec::new();
-        self.slots = Vec::new();
-        self.add_product(batch, m, 1.0, scratch, threads);
-    }
-
     /// The Gram product part of [`apply`](Prepared::apply).
     fn add_product<T: Feature>(
         &self,

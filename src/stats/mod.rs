@@ -847,16 +847,6 @@ impl Stats {
         self.version = next_version();
     }
 
-    /// [`apply`](Stats::apply) of a prepared batch handed over whole (see
-    /// [`Prepared::apply_owned`]).
-    pub(crate) fn apply_owned<T: Feature>(&mut self, prepared: Box<Prepared>, batch: &[T]) {
-        if prepared.rows() == 0 {
-            return;
-        }
-        prepared.apply_owned(batch, &mut self.task, &mut self.scratch.product, self.threads);
-        self.version = next_version();
-    }
-
     /// Adds an owned [`Batch`]; see [`update`](Stats::update).
     ///
     /// # Errors
