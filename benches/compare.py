@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -178,8 +179,23 @@ def child(kind, spec, threads):
 # ---------------------------------------------------------------- headstart runs
 
 
+def children_cpu():
+    """CPU seconds (user + system) of every waited-for child process so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def process_cpu(pid):
+    """CPU seconds (user + system) a running process has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def headstart(binary, args):
+    before = children_cpu()
     out = subprocess.run([binary, "bench", *map(str, args)], check=True, capture_output=True, text=True)
+    cpu = children_cpu() - before
     text = out.stdout
     thr = re.search(r"^throughput: ([0-9.]+) samples/s", text, re.M)
     rss = re.search(r"peak RSS ([0-9.]+) MiB = pool ([0-9.]+) MiB .*state ([0-9.]+) MiB", text)
@@ -192,6 +208,7 @@ def headstart(binary, args):
         "pool_mib": float(rss.group(2)) if rss else None,
         "state_mib": float(rss.group(3)) if rss else None,
         "solve_ms": float(solve.group(1)) if solve else None,
+        "cpu_s": cpu,
     }
 
 
@@ -475,6 +492,7 @@ def serve_run(binary, scratch, px, py, rows, d, clients, window, secure=None):
     try:
         line = server.stdout.readline().strip()
         address = line.removeprefix("listening on ").split()[0]
+        server_before, pushes_before = process_cpu(server.pid), children_cpu()
         started = time.perf_counter()
         pushes = [subprocess.Popen([binary, "push", "--connect", address, "--features", px, "--labels", py,
                                     "--window", str(window), *push_extra],
@@ -484,7 +502,11 @@ def serve_run(binary, scratch, px, py, rows, d, clients, window, secure=None):
             _, err = p.communicate()
             if p.returncode != 0:
                 raise RuntimeError(f"push failed: {err.decode()}")
-        return clients * rows / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        samples = clients * rows
+        # CPU microseconds per sample: the server's, and the push processes'.
+        return (samples / wall, (process_cpu(server.pid) - server_before) / samples * 1e6,
+                (children_cpu() - pushes_before) / samples * 1e6)
     finally:
         server.terminate()
         server.wait()
@@ -496,22 +518,37 @@ def serve_section(args, scratch, pool_bytes):
     px, py = os.path.join(scratch, "serve_x.npy"), os.path.join(scratch, "serve_y.npy")
     write_npy(px, py, rows, d, 12)
     runs = {"bench": [], "window": [], "stop-and-wait": [], "one, window": [], "one, stop-and-wait": []}
+    server_cpu = {key: [] for key in runs}
+    push_cpu = {key: [] for key in runs}
+    settings = {"window": (clients, 8), "stop-and-wait": (clients, 1), "one, window": (1, 8),
+                "one, stop-and-wait": (1, 1)}
     for _ in range(args.repeats):
-        runs["bench"].append(headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", clients * rows,
-                                                     "--pool-mib", pool_bytes / MIB])["throughput"])
-        runs["window"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8))
-        runs["stop-and-wait"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 1))
-        runs["one, window"].append(serve_run(args.binary, scratch, px, py, rows, d, 1, 8))
-        runs["one, stop-and-wait"].append(serve_run(args.binary, scratch, px, py, rows, d, 1, 1))
+        r = headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", clients * rows,
+                                    "--pool-mib", pool_bytes / MIB])
+        runs["bench"].append(r["throughput"])
+        server_cpu["bench"].append(r["cpu_s"] / (clients * rows) * 1e6)
+        for key, (n, window) in settings.items():
+            rate, server, pushes = serve_run(args.binary, scratch, px, py, rows, d, n, window)
+            runs[key].append(rate)
+            server_cpu[key].append(server)
+            push_cpu[key].append(pushes)
     base = statistics.median(runs["bench"])
+    base_cpu = statistics.median(server_cpu["bench"])
     print(f"\n## serve: {clients} `headstart push` processes over loopback, {rows} rows each (d={d}, B=4096, exact)\n")
-    print("| run | samples/s | vs bench |")
-    print("|---|---:|---:|")
+    print("The clients run on the same machine and take CPU from the server. The CPU columns are microseconds "
+          "per sample (user + system): the server's own (for `bench`, the whole process, pool generation "
+          "included) and all push processes'. bench / server CPU is the server's rate if its clients ran "
+          "elsewhere.\n")
+    print("| run | samples/s | vs bench | server CPU µs/sample | push CPU µs/sample | bench CPU / server CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
     names = {"bench": f"`bench --dim {d}` (defaults)", "window": "serve, `push` default window (8)",
              "stop-and-wait": "serve, `push --window 1`", "one, window": "serve, one `push` (window 8)",
              "one, stop-and-wait": "serve, one `push --window 1`"}
     for key, values in runs.items():
-        print(f"| {names[key]} | {fmt_rate(values)} | {statistics.median(values) / base:.2f} |")
+        cpu = statistics.median(server_cpu[key])
+        pushes = f"{statistics.median(push_cpu[key]):.2f}" if push_cpu[key] else "-"
+        print(f"| {names[key]} | {fmt_rate(values)} | {statistics.median(values) / base:.2f} | {cpu:.2f} | "
+              f"{pushes} | {base_cpu / cpu:.2f} |")
     sys.stdout.flush()
 
 
@@ -524,8 +561,8 @@ def tls_section(args, scratch):
     runs = {"4 plain": [], "4 tls": [], "1 plain": [], "1 tls": []}
     for _ in range(args.repeats):
         for clients in (4, 1):
-            runs[f"{clients} plain"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8))
-            runs[f"{clients} tls"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8, secure))
+            runs[f"{clients} plain"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8)[0])
+            runs[f"{clients} tls"].append(serve_run(args.binary, scratch, px, py, rows, d, clients, 8, secure)[0])
     print(f"\n## tls: `headstart push` processes into `serve` over loopback, plaintext against TLS with tokens, "
           f"{rows} rows each (d={d}, B=4096, window 8)\n")
     print("| pushes | plaintext samples/s | TLS + tokens samples/s | TLS / plaintext |")

@@ -224,13 +224,18 @@ impl Producer {
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
         let batch = batch.into();
-        // Shape and values here: an expanded state's before it expands (and checks the
-        // magnitude bound in `send_valid`, which the server's decoded batches reach
-        // directly), a plain state's while the batch is laid out.
-        if self.shared.expansion.is_some() {
+        if let Some(rf) = &self.shared.expansion {
             batch.validate(self.shared.dim)?;
+            return match &batch.features {
+                Features::F32(v) => self.send_expanded(rf, v, &batch.labels),
+                Features::F64(v) => self.send_expanded(rf, v, &batch.labels),
+            };
         }
-        self.send_valid(batch)
+        // A plain state's batch is checked in the one pass that lays it out: the O(B·d)
+        // work (class sums, checks, the fast shift) happens here, on the producer's thread;
+        // the reducer is left with the O(B·d²) product.
+        let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision)?;
+        self.put(Message::Update(Box::new(prepared), batch))
     }
 
     /// Checks a batch as [`send`](Producer::send) does, without queueing it.
@@ -243,22 +248,6 @@ impl Producer {
             (Some(rf), Features::F64(v)) => rf.validate(v, &batch.labels),
             (None, _) => batch.validate(self.shared.dim),
         }
-    }
-
-    /// [`send`](Producer::send) for a batch already validated against this dimension (the
-    /// server's frame decoder does it); an expanded state still checks the magnitudes its
-    /// expansion needs.
-    pub(crate) fn send_valid(&self, batch: Arc<Batch>) -> Result<(), PipelineError> {
-        if let Some(rf) = &self.shared.expansion {
-            return match &batch.features {
-                Features::F32(v) => self.send_expanded(rf, v, &batch.labels),
-                Features::F64(v) => self.send_expanded(rf, v, &batch.labels),
-            };
-        }
-        // The O(B·d) work (class sums, transposition, conversion) happens here, on the
-        // producer's thread; the reducer is left with the O(B·d²) product.
-        let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision)?;
-        self.put(Message::Update(Box::new(prepared), batch))
     }
 
     /// Expands a validated batch here, `CHUNK_ROWS` (512) rows at a time, and hands each chunk to the

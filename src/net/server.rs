@@ -550,10 +550,11 @@ fn read_requests(
                     samples: shared.acknowledged.load(Ordering::SeqCst),
                 }
             }),
-            // `Request::decode` validated the batch against the session's dimension.
+            // `Request::decode` checked the shape; `send` checks the values in the same pass
+            // that lays the batch out, and a bad one closes the connection as before.
             Request::Batch { seq, batch } => {
                 let rows = batch.rows() as u64;
-                queue(shared, rows, Reply::Ack(seq), |p| p.send_valid(Arc::new(batch)))
+                queue(shared, rows, Reply::Ack(seq), |p| p.send(Arc::new(batch)))
             }
             Request::BeginTask => queue(shared, 0, Reply::TaskBegun, Producer::begin_task),
             // The snapshots behind these include every batch queued above on this
@@ -665,6 +666,10 @@ fn queue(
     }
     match apply(&shared.producer).and_then(|()| shared.producer.mark()) {
         Ok(applied) => Outgoing::Applied { applied, rows, reply },
+        // Refused before it was queued: the state is untouched; the connection closes.
+        Err(PipelineError::Batch(e)) => {
+            Outgoing::Now(fatal(ErrorCode::BadBatch, format!("batch refused: {e}")))
+        }
         Err(e) => Outgoing::Now(fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}"))),
     }
 }
