@@ -301,14 +301,16 @@ def main():
         sys.stdout.flush()
 
     if "python" in sections:
-        print(f"\n## Python `Stats.update` against numpy in one process (samples/s, B=4096, float32 C-contiguous batches)\n")
+        print(f"\n## Python `Stats.update` against numpy in one process and the CLI bench (samples/s, B=4096, "
+              f"float32 C-contiguous batches)\n")
         print(f"numpy gets float64 copies of the batches for `exact` (converted before the clock starts) and the float32 "
-              f"batches for `fast`; both with its default {threads} BLAS threads.\n")
-        print(f"| mode | d | headstart.Stats.update | numpy {threads}T | ratio |")
-        print("|---|---:|---:|---:|---:|")
+              f"batches for `fast`; both with its default {threads} BLAS threads. The bench is `headstart bench` at "
+              f"the same d, B, precision and pool size, run between the Python runs.\n")
+        print(f"| mode | d | headstart.Stats.update | numpy {threads}T | vs numpy | `headstart bench` | vs bench |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for precision in ("exact", "fast"):
             for d in dims:
-                hs, nps = [], []
+                hs, nps, bench = [], [], []
                 n = samples_for(d, 4096, args.seconds)
                 for rep in range(args.repeats):
                     spec = dict(dim=d, batch=4096, samples=n, classes=100, precision=precision, seed=rep,
@@ -316,8 +318,11 @@ def main():
                     out = child("python", spec, threads)
                     hs.append(out["headstart"])
                     nps.append(out["numpy"])
-                print(f"| {precision} | {d} | {fmt_rate(hs)} | {fmt_rate(nps)} | "
-                      f"{statistics.median(hs) / statistics.median(nps):.2f}x |")
+                    bench.append(headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", n, "--precision",
+                                                         precision, "--pool-mib", pool_bytes / MIB])["throughput"])
+                h = statistics.median(hs)
+                print(f"| {precision} | {d} | {fmt_rate(hs)} | {fmt_rate(nps)} | {h / statistics.median(nps):.2f}x | "
+                      f"{fmt_rate(bench)} | {h / statistics.median(bench):.2f}x |")
                 sys.stdout.flush()
 
     if "busy" in sections:

@@ -362,7 +362,7 @@ impl PyClient {
         let view = x.views();
         let labels = y.as_array();
         self.with_state(py, |state, address| {
-            let (rows, labels) = (view.to_owned_rows(), owned_labels(&labels));
+            let (rows, labels) = (view.to_owned_rows(None), owned_labels(&labels));
             state.live(address)?;
             let dtype = match state.session {
                 Some((_, dtype)) => dtype,
