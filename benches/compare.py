@@ -144,6 +144,43 @@ def python_worker(spec):
     print(json.dumps({"headstart": hs, "numpy": npy}))
 
 
+def fit_worker(spec):
+    """Child process: the careful numpy equivalent of `headstart fit` on a .npy pair: the
+    features memory-mapped and streamed 4096 rows at a time (converted to float64 a chunk at
+    a time), G += X.T @ X, per-class sums, then the LS head of Eq. 3 solved by Cholesky and
+    saved. Prints the wall time and this process's peak RSS."""
+    import numpy as np
+    from scipy.linalg import cho_factor, cho_solve
+
+    started = time.perf_counter()
+    x = np.load(spec["features"], mmap_mode="r")
+    y = np.load(spec["labels"])
+    n, d = x.shape
+    g = np.zeros((d, d))
+    classes = np.unique(y)
+    sums = np.zeros((len(classes), d))
+    slots = np.searchsorted(classes, y)
+    counts = np.bincount(slots, minlength=len(classes))
+    for start in range(0, n, 4096):
+        chunk = np.asarray(x[start:start + 4096], dtype=np.float64)
+        g += chunk.T @ chunk
+        s = slots[start:start + 4096]
+        order = np.argsort(s, kind="stable")
+        ss = s[order]
+        firsts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+        sums[ss[firsts]] += np.add.reduceat(chunk[order], firsts, axis=0)
+    means = sums / counts[:, None]
+    mu = sums.sum(axis=0) / n
+    c = len(classes)
+    factor = cho_factor(g / n + spec["lam"] * np.eye(d))
+    w = cho_solve(factor, means.T).T / c
+    b = 1.0 / c - w @ mu
+    np.savez(spec["out"], weight=w.astype(np.float32), bias=b.astype(np.float32))
+    elapsed = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": elapsed, "rss_mib": rss}))
+
+
 def solve_worker(spec):
     """Child process: median of scipy cho_factor + cho_solve on a d×d SPD matrix, C columns."""
     import numpy as np
@@ -238,7 +275,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         kind, spec = args.worker
-        {"update": numpy_worker, "python": python_worker, "solve": solve_worker}[kind](json.loads(spec))
+        {"update": numpy_worker, "python": python_worker, "solve": solve_worker, "fit": fit_worker}[kind](json.loads(spec))
         return
 
     if not os.path.exists(args.binary):
@@ -446,12 +483,15 @@ def write_npy(path_x, path_y, rows, dim, seed):
 
 
 def fit_section(args, scratch, pool_bytes):
+    threads = os.cpu_count() or 1
     d = 768
     rows = int(args.fit_gib * 1024 * MIB) // (4 * d)
     px, py = os.path.join(scratch, "fit_x.npy"), os.path.join(scratch, "fit_y.npy")
     write_npy(px, py, rows, d, 11)
     out = os.path.join(scratch, "head.safetensors")
-    fit_total, fit_stream, bench = [], [], []
+    fit_total, fit_stream, fit_rss, bench, np_seconds, np_rss = [], [], [], [], [], []
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
     for _ in range(args.repeats):
         started = time.perf_counter()
         done = subprocess.run([args.binary, "fit", "--features", px, "--labels", py, "--out", out],
@@ -459,16 +499,34 @@ def fit_section(args, scratch, pool_bytes):
         fit_total.append(rows / (time.perf_counter() - started))
         m = re.search(r"reading and accumulating [0-9.]+ s, ([0-9.]+) samples/s", done.stdout)
         fit_stream.append(float(m.group(1)))
+        # Peak RSS of one more fit, in a wrapper process of its own.
+        measured = subprocess.run([sys.executable, "-c", wrapper, args.binary, "fit", "--features", px, "--labels", py,
+                                   "--out", out], check=True, capture_output=True, text=True)
+        fit_rss.append(float(measured.stdout.strip()))
         r = headstart(args.binary, ["--dim", d, "--batch", 4096, "--samples", samples_for(d, 4096, args.seconds),
                                     "--pool-mib", pool_bytes / MIB])
         bench.append(r["throughput"])
+        numpy_fit = child("fit", dict(features=px, labels=py, lam=0.05, out=os.path.join(scratch, "numpy_head.npz")),
+                          threads)
+        np_seconds.append(numpy_fit["seconds"])
+        np_rss.append(numpy_fit["rss_mib"])
     base = statistics.median(bench)
     print(f"\n## fit on a {rows * d * 4 / 1024 / MIB:.2f} GiB float32 .npy (d={d}, {rows} rows, exact, page cache warm)\n")
-    print("| run | samples/s | vs bench |")
-    print("|---|---:|---:|")
-    print(f"| `bench --dim {d}` (defaults) | {fmt_rate(bench)} | 1.00 |")
-    print(f"| `fit`: reading and accumulating | {fmt_rate(fit_stream)} | {statistics.median(fit_stream) / base:.2f} |")
-    print(f"| `fit`: whole command (start, solve, write) | {fmt_rate(fit_total)} | {statistics.median(fit_total) / base:.2f} |")
+    print("numpy: `fit_worker` in benches/compare.py, a careful streaming script (the features memory-mapped and "
+          "converted 4096 rows at a time, per-class sums, Cholesky solve, head saved), in a process of its own with "
+          f"its default {threads} BLAS threads. Peak RSS includes the page cache mapped into it.\n")
+    print("| run | samples/s | vs bench | wall s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| `bench --dim {d}` (defaults) | {fmt_rate(bench)} | 1.00 | | |")
+    print(f"| `fit`: reading and accumulating | {fmt_rate(fit_stream)} | {statistics.median(fit_stream) / base:.2f} | | |")
+    fit_wall = [rows / r for r in fit_total]
+    print(f"| `fit`: whole command (start, solve, write) | {fmt_rate(fit_total)} | "
+          f"{statistics.median(fit_total) / base:.2f} | {statistics.median(fit_wall):.2f} "
+          f"({min(fit_wall):.2f}..{max(fit_wall):.2f}) | {statistics.median(fit_rss):.0f} |")
+    np_rate = [rows / t for t in np_seconds]
+    print(f"| numpy script, whole | {fmt_rate(np_rate)} | {statistics.median(np_rate) / base:.2f} | "
+          f"{statistics.median(np_seconds):.2f} ({min(np_seconds):.2f}..{max(np_seconds):.2f}) | "
+          f"{statistics.median(np_rss):.0f} |")
     sys.stdout.flush()
 
 
