@@ -21,7 +21,7 @@ use arrow_schema::{DataType, Field};
 use common::{headstart, labelled_data, ok, rel_err};
 use headstart::export::read_head;
 use headstart::ingest::npy::{write_f32, write_i64};
-use headstart::ingest::parquet::ParquetFeatures;
+use headstart::ingest::parquet::{ParquetFeatures, ParquetLabels};
 use headstart::ingest::source::{FeatureSpec, LabelSpec};
 use headstart::ingest::stream::{Split, StreamConfig, stream_pair};
 use headstart::stats::Features;
@@ -1050,4 +1050,158 @@ fn bad_safetensors_inputs_are_refused_and_nothing_is_applied() {
         &["--features", &f, "--tensor", "feats", "--labels", &ys],
         &["has 600 rows but", "599 labels"],
     );
+}
+
+/// Inputs the fuzzer found (tests/data/fuzz/): each once panicked inside the parquet crate.
+/// Opening and reading them as features and as labels (the fuzz target's calls) must not
+/// panic, and each must be refused somewhere with an error that names the file.
+#[test]
+fn inputs_the_fuzzer_found_are_refused_naming_the_file() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        seen += 1;
+        let mut errors = Vec::new();
+        for name in ["x", "y"] {
+            match ParquetFeatures::open(&path, Some(name)) {
+                Ok(mut x) => errors.extend(x.read_rows(0, x.rows().min(64)).err().map(|e| e.to_string())),
+                Err(e) => errors.push(e.to_string()),
+            }
+            match ParquetLabels::open(&path, Some(name)) {
+                Ok(mut y) => errors.extend(y.read_rows(0, y.rows().min(64)).err().map(|e| e.to_string())),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        assert!(!errors.is_empty(), "{} was read without an error", path.display());
+        for err in errors {
+            assert!(err.contains(&s(&path)), "{err}");
+        }
+    }
+    assert!(seen > 0, "no fuzz inputs in {}", dir.display());
+}
+
+/// A page bigger than `HEADSTART_MAX_PAGE_MIB` is refused before it is decoded, naming the
+/// file, the column and the limit; raising the limit (or the 1 GiB default) reads it.
+#[test]
+fn a_page_above_the_limit_is_refused_naming_file_column_and_limit_until_it_is_raised() {
+    let data = Data::new();
+    // 40 000 rows of 8 f32 in one 1.28 MB page, uncompressed.
+    let rows = 40_000;
+    let x: Vec<f32> = (0..rows * D).map(|i| (i % 97) as f32 / 97.0).collect();
+    let y: Vec<i64> = (0..rows).map(|i| CLASSES[i % CLASSES.len()]).collect();
+    let batch = RecordBatch::try_from_iter([("emb", fixed_f32(&x, D)), ("label", int32(&y))]).unwrap();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_data_page_size_limit(64 << 20)
+        .set_data_page_row_count_limit(usize::MAX)
+        .build();
+    let path = data.p("big_page.parquet");
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let out = data.s("big.safetensors");
+    let run = |limit: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_headstart"));
+        cmd.args([
+            "fit",
+            "--out",
+            &out,
+            "--features",
+            &s(&path),
+            "--feature-column",
+            "emb",
+        ])
+        .args(["--label-column", "label"]);
+        match limit {
+            Some(mib) => cmd.env(headstart::ingest::parquet::MAX_PAGE_ENV, mib),
+            None => cmd.env_remove(headstart::ingest::parquet::MAX_PAGE_ENV),
+        };
+        cmd.output().unwrap()
+    };
+    let refused = run(Some("1"));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    for needle in [
+        &s(&path),
+        "column 'emb'",
+        "uncompressed bytes",
+        "limit of 1048576 bytes",
+        "HEADSTART_MAX_PAGE_MIB",
+    ] {
+        assert!(err.contains(needle), "'{needle}' missing from: {err}");
+    }
+    assert!(!data.p("big.safetensors").exists());
+    let bad = run(Some("lots"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a positive number of MiB"));
+    for limit in [Some("2"), None] {
+        let fine = run(limit);
+        assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+    }
+}
+
+/// A safetensors header that lies (a length beyond the file, absurd shapes, offsets outside
+/// the data or overflowing) is refused at open, naming the file, without allocating what it
+/// claims (the test would abort on a 2⁶⁰-element allocation).
+#[test]
+fn hostile_safetensors_headers_are_refused_naming_the_file() {
+    use headstart::ingest::safetensors::{TensorFeatures, TensorLabels};
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, header: &str, data: usize| {
+        let path = dir.path().join(name);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let huge = 1u64 << 40;
+    let cases = [
+        // header length 2⁶⁰: more than the file.
+        {
+            let path = dir.path().join("long_header.safetensors");
+            let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+            bytes.extend_from_slice(b"{}");
+            std::fs::write(&path, bytes).unwrap();
+            path
+        },
+        file(
+            "shape.safetensors",
+            &format!(r#"{{"x":{{"dtype":"F32","shape":[{huge},{huge}],"data_offsets":[0,16]}}}}"#),
+            16,
+        ),
+        file(
+            "overflow.safetensors",
+            &format!(
+                r#"{{"x":{{"dtype":"F32","shape":[{},{}],"data_offsets":[0,0]}}}}"#,
+                u64::MAX / 2,
+                4
+            ),
+            16,
+        ),
+        file(
+            "offsets.safetensors",
+            r#"{"x":{"dtype":"F32","shape":[1000,4],"data_offsets":[0,16000]}}"#,
+            16,
+        ),
+        file(
+            "backwards.safetensors",
+            r#"{"x":{"dtype":"F32","shape":[1,4],"data_offsets":[16,0]}}"#,
+            16,
+        ),
+    ];
+    for path in &cases {
+        let features = TensorFeatures::open(path, Some("x")).err().map(|e| e.to_string());
+        let labels = TensorLabels::open(path, Some("x")).err().map(|e| e.to_string());
+        for err in [features, labels] {
+            let err = err.unwrap_or_else(|| panic!("{} opened", path.display()));
+            assert!(err.contains(&s(path)), "{err}");
+        }
+    }
 }

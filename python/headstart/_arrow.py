@@ -36,17 +36,28 @@ def _arrow_column(obj, what):
     another library's object)."""
     pa = _pa()
     if isinstance(obj, (pa.Array, pa.ChunkedArray)):
-        return obj
+        return _validated(obj, what)
     if isinstance(obj, (pa.Table, pa.RecordBatch)):
         raise ValueError(
             f"{what}: got a {type(obj).__name__}; pass it to update_table(table, feature_column, "
             "label_column), or pass its columns"
         )
     if hasattr(obj, "__arrow_c_array__"):
-        return pa.array(obj)
+        return _validated(pa.array(obj), what)
     if hasattr(obj, "__arrow_c_stream__"):
-        return pa.chunked_array(obj)
+        return _validated(pa.chunked_array(obj), what)
     raise ValueError(f"{what}: expected a pyarrow Array or ChunkedArray, got {type(obj).__name__}")
+
+
+def _validated(column, what):
+    """`column`, after Arrow's full check: buffers too short for the length they claim, or
+    offsets outside the values, would otherwise be read out of bounds."""
+    pa = _pa()
+    try:
+        column.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowException) as e:
+        raise ValueError(f"{what}: malformed Arrow array: {e}") from None
+    return column
 
 
 def _chunks(column):

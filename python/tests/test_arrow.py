@@ -275,3 +275,27 @@ def test_a_pyarrow_tensor_and_a_pandas_frame_still_go_through_numpy(rows):
     ref = by_numpy(x, y)
     ref.update(x, y)
     assert s.to_bytes() == ref.to_bytes()
+
+
+def test_a_malformed_array_is_refused_before_it_is_read():
+    # pyarrow's own constructors refuse buffers too short for their length; offsets that
+    # run backwards pass them and would be read out of bounds. Arrow's full check runs on
+    # every input: a pyarrow array, another library's array through the C data interface,
+    # and a table's column.
+    offsets = pa.py_buffer(np.array([0, 4, 2, 8], dtype=np.int32).tobytes())
+    values = pa.array(np.zeros(8, dtype=np.float32))
+    lists = pa.ListArray.from_buffers(pa.list_(pa.float32()), 3, [None, offsets], children=[values])
+
+    class Foreign:
+        def __arrow_c_array__(self, requested_schema=None):
+            return lists.__arrow_c_array__(requested_schema)
+
+    labels = np.zeros(3, dtype=np.int64)
+    stats = headstart.Stats(2)
+    for features in (lists, Foreign()):
+        with pytest.raises(ValueError, match="features: malformed Arrow array: .*non-monotonic offset"):
+            stats.update(features, labels)
+    table = pa.table({"x": lists, "y": labels})
+    with pytest.raises(ValueError, match="malformed Arrow array"):
+        stats.update_table(table, "x", "y")
+    assert stats.n == 0

@@ -55,6 +55,9 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrayRef, OffsetSizeTrait, PrimitiveArray};
 use arrow_schema::DataType;
 
+mod pages;
+pub use pages::{DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_ENV, max_page_bytes};
+
 use super::npy::Scalar;
 use super::source::{FeatureSource, LabelSource, SourceError};
 use crate::stats::{Feature, Features, MAX_DIM};
@@ -105,6 +108,18 @@ pub enum ParquetInputError {
         /// The column.
         column: String,
         /// What is wrong.
+        what: String,
+    },
+    /// The file's metadata or a page header claims more than this reader accepts (see
+    /// [`max_page_bytes`]) or lies about where its bytes are: refused before the
+    /// decoder allocates what it claims.
+    #[error("{path}: column '{column}': {what}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Which row group and page, and what is wrong.
         what: String,
     },
     /// A row range outside the file was asked for.
@@ -177,10 +192,20 @@ impl Column {
             return Err(column(format!("no column '{name}'; {listing}")));
         };
         let data_type = metadata.schema().field(index).data_type().clone();
+        let refused = |what: String| ParquetInputError::Refused {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            what,
+        };
+        check_pages(&file, &metadata, index).map_err(refused)?;
         let mut starts = vec![0u64];
-        for group in metadata.metadata().row_groups() {
+        for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
             let last = *starts.last().expect("starts with 0");
-            starts.push(last + group.num_rows().max(0) as u64);
+            let rows = u64::try_from(group.num_rows())
+                .ok()
+                .and_then(|n| last.checked_add(n))
+                .ok_or_else(|| refused(format!("row group {g} claims {} rows", group.num_rows())))?;
+            starts.push(rows);
         }
         Ok(Column {
             path: path.to_path_buf(),
@@ -301,6 +326,33 @@ impl Column {
             what,
         }
     }
+}
+
+/// Walks the page headers of every column chunk under top-level field `index`, in every row
+/// group (pages::check_chunk).
+fn check_pages(file: &File, metadata: &ArrowReaderMetadata, index: usize) -> Result<(), String> {
+    let limit = pages::max_page_bytes()?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let schema = metadata.parquet_schema();
+    let leaves: Vec<usize> = (0..schema.num_columns())
+        .filter(|&leaf| schema.get_column_root_idx(leaf) == index)
+        .collect();
+    for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
+        for &leaf in &leaves {
+            let chunk = group.column(leaf);
+            // `byte_range` would panic on a negative offset or size.
+            let start = chunk.dictionary_page_offset().unwrap_or(chunk.data_page_offset());
+            let (Ok(start), Ok(len)) = (u64::try_from(start), u64::try_from(chunk.compressed_size())) else {
+                return Err(format!(
+                    "row group {g}: the column chunk claims offset {start} and size {}",
+                    chunk.compressed_size()
+                ));
+            };
+            pages::check_chunk(file, start, len, file_len, limit)
+                .map_err(|what| format!("row group {g}: {what}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// `the file's columns: a (Int64), emb (FixedSizeList(…))`.

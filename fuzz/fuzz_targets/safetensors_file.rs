@@ -1,0 +1,63 @@
+//! Any file given to the safetensors feature and label readers opens or fails with a
+//! `TensorInputError`, and every row range of an opened tensor reads or fails with one:
+//! never a panic, a hang or an allocation beyond the documented limit. Run:
+//! `cargo +nightly fuzz run safetensors_file`.
+//!
+//! The input is the whole file. It is written to a per-process file in the temporary
+//! directory and opened with the tensor names the seeds use (`x` for features, `y` for
+//! labels), then read in a few row ranges.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use headstart::ingest::safetensors::{TensorFeatures, TensorLabels};
+use libfuzzer_sys::fuzz_target;
+
+fn path() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| std::env::temp_dir().join(format!("headstart-fuzz-safetensors-{}.safetensors", std::process::id())))
+}
+
+/// Row ranges to read from a tensor of `rows` rows: a prefix, the middle, the last row, and
+/// some outside it (which must be refused).
+fn ranges(rows: u64) -> [(u64, u64); 5] {
+    [
+        (0, rows.min(64)),
+        (rows / 2, (rows - rows / 2).min(64)),
+        (rows.saturating_sub(1), rows.min(1)),
+        (rows, 1),
+        (u64::MAX, 2),
+    ]
+}
+
+fuzz_target!(|data: &[u8]| {
+    let path = path();
+    std::fs::write(path, data).expect("writing the temporary file");
+
+    for name in ["x", "y"] {
+        if let Ok(mut x) = TensorFeatures::open(path, Some(name)) {
+            let (rows, dim) = (x.rows(), x.dim());
+            assert!(dim > 0);
+            for (start, count) in ranges(rows) {
+                let in_range = start.checked_add(count).is_some_and(|end| end <= rows);
+                if let Ok(features) = x.read_rows(start, count) {
+                    assert!(in_range, "rows {start}+{count} of {rows} read");
+                    assert_eq!(features.len() as u64, count * dim as u64);
+                }
+            }
+        }
+        if let Ok(mut y) = TensorLabels::open(path, Some(name)) {
+            let rows = y.rows();
+            for (start, count) in ranges(rows) {
+                let in_range = start.checked_add(count).is_some_and(|end| end <= rows);
+                if let Ok(labels) = y.read_rows(start, count) {
+                    assert!(in_range, "rows {start}+{count} of {rows} read");
+                    assert_eq!(labels.len() as u64, count);
+                }
+            }
+        }
+    }
+
+    let _ = std::fs::remove_file(path);
+});
