@@ -247,10 +247,31 @@ impl Column {
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
             .with_projection(mask)
             .with_row_groups((group.min(groups)..groups).collect())
-            .with_offset((start - self.starts[group.min(groups)]) as usize)
             .with_batch_size(batch.max(1))
             .build()
             .map_err(|e| self.read_error(e))?;
+        // The rows of the group before `start` are decoded and dropped here, not skipped by
+        // the reader (`with_offset`): the parquet crate's skip loops forever on a page whose
+        // levels are shorter than its header claims (found by fuzzing), where decoding fails.
+        let mut reader = reader;
+        let mut skip = (start - self.starts[group.min(groups)]) as usize;
+        while skip > 0 {
+            let array = match reader.next() {
+                Some(Ok(batch)) => batch.column(0).clone(),
+                Some(Err(e)) => return Err(self.read_error(ParquetError::General(e.to_string()))),
+                None => {
+                    return Err(
+                        self.read_error(ParquetError::EOF(format!("the file ended before row {start}")))
+                    );
+                }
+            };
+            if array.len() <= skip {
+                skip -= array.len();
+            } else {
+                self.pending = Some(array.slice(skip, array.len() - skip));
+                skip = 0;
+            }
+        }
         self.reader = Some(reader);
         self.next = start;
         Ok(())
