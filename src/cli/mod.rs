@@ -75,6 +75,12 @@ enum Command {
 /// Runs the CLI and returns the process exit code. Errors print as one line on stderr.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // Past a file-size limit (RLIMIT_FSIZE) a write should fail with EFBIG, which names the
+    // file and leaves the old one in place, instead of SIGXFSZ killing the process.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let result = match cli.command {
         Command::Fit(args) => fit::run(args),
         Command::Demo(args) => demo::run(args),

@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// SYNC and SIGTERM always do.
     #[arg(long, value_parser = parse_seconds)]
     checkpoint_every: Option<Duration>,
+    /// After a failed checkpoint (full disk, file-size limit, I/O error) the server keeps
+    /// serving from memory and retries this many seconds later, doubling the wait after each
+    /// failure up to a minute.
+    #[arg(long, value_parser = parse_seconds, default_value = "1")]
+    checkpoint_retry: Duration,
     /// Largest frame accepted, in bytes.
     #[arg(long, default_value_t = Limits::default().max_frame_bytes)]
     max_frame_bytes: usize,
@@ -140,6 +145,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.idle_timeout = args.idle_timeout;
     config.checkpoint_every = args.checkpoint_every;
+    config.checkpoint_retry = args.checkpoint_retry;
     config.max_connections = args.max_connections.max(1);
     config.verbose = !args.quiet;
     args.security.apply(&address, &mut config)?;

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Checkpoint this often when the state changed (none: only on SYNC and shutdown).
     pub checkpoint_every: Option<Duration>,
+    /// After a failed checkpoint (a full disk, a file-size limit, an I/O error), the first
+    /// retry comes this much later; each further failure doubles the wait, up to
+    /// [`MAX_CHECKPOINT_RETRY`]. A success ends the retries.
+    pub checkpoint_retry: Duration,
     /// Connections served at once; more get an error frame and are closed.
     pub max_connections: usize,
     /// Capacity of the channel into the reducer (batches).
@@ -47,14 +51,15 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults: 64 MiB frames, 65,536 rows, 60 s idle timeout, no periodic checkpoint,
-    /// 64 connections, a channel of 8 batches, quiet, no tokens, no TLS.
+    /// Defaults: 64 MiB frames, 65,536 rows, 60 s idle timeout, no periodic checkpoint, a
+    /// failed checkpoint retried after 1 s (doubling to a minute), 64 connections, a channel of 8 batches, quiet, no tokens, no TLS.
     pub fn new(state_path: PathBuf) -> Self {
         ServerConfig {
             state_path,
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(60),
             checkpoint_every: None,
+            checkpoint_retry: Duration::from_secs(1),
             max_connections: 64,
             channel_capacity: 8,
             verbose: false,
@@ -85,6 +90,17 @@ pub enum ServerError {
     Pipeline(#[from] PipelineError),
 }
 
+/// The longest wait between retries of a failed checkpoint.
+pub const MAX_CHECKPOINT_RETRY: Duration = Duration::from_secs(60);
+
+/// The last checkpoint's outcome, while checkpoints fail.
+struct Retry {
+    /// When the next attempt is due.
+    at: Instant,
+    /// The wait after the next failure.
+    wait: Duration,
+}
+
 struct Shared {
     producer: Producer,
     dim: usize,
@@ -95,6 +111,8 @@ struct Shared {
     /// Serialises checkpoints (a later snapshot is never overwritten by an earlier one) and
     /// remembers the version last written.
     checkpoint: Mutex<Option<u64>>,
+    /// Set while checkpoints fail: the checkpoint thread retries with backoff.
+    retry: Mutex<Option<Retry>>,
     stop: AtomicBool,
     connections: AtomicUsize,
     acknowledged: AtomicU64,
@@ -108,7 +126,28 @@ impl Shared {
         let state = self.producer.snapshot()?;
         if *last != Some(state.version()) {
             let started = Instant::now();
-            snapshot::write(&self.config.state_path, &state)?;
+            let written = snapshot::write(&self.config.state_path, &state);
+            let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = written {
+                // The previous file is untouched (atomic replace): retry later, from memory.
+                let wait = retry.as_ref().map_or(self.config.checkpoint_retry, |r| r.wait);
+                eprintln!(
+                    "headstart serve: checkpoint failed: {e}; the state stays in memory, retrying in {:.1} s",
+                    wait.as_secs_f64()
+                );
+                *retry = Some(Retry {
+                    at: Instant::now() + wait,
+                    wait: (wait * 2).min(MAX_CHECKPOINT_RETRY),
+                });
+                return Err(e.into());
+            }
+            if retry.take().is_some() {
+                eprintln!(
+                    "headstart serve: checkpoint written after failures: {} samples → {}",
+                    state.samples(),
+                    self.config.state_path.display()
+                );
+            }
             *last = Some(state.version());
             if self.config.verbose {
                 eprintln!(
@@ -188,6 +227,7 @@ impl Server {
             config,
             draining: RwLock::new(false),
             checkpoint: Mutex::new(None),
+            retry: Mutex::new(None),
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             acknowledged: AtomicU64::new(samples),
@@ -201,18 +241,18 @@ impl Server {
                 .spawn(move || accept_loop(listener, shared))
                 .expect("spawning the accept thread")
         };
-        let checkpointer = shared.config.checkpoint_every.map(|every| {
+        let checkpointer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("headstart-checkpoint".into())
-                .spawn(move || checkpoint_loop(every, shared))
+                .spawn(move || checkpoint_loop(shared))
                 .expect("spawning the checkpoint thread")
-        });
+        };
         Ok(Server {
             shared,
             address: bound,
             accept: Some(accept),
-            checkpointer,
+            checkpointer: Some(checkpointer),
             reducer: Some(reducer),
         })
     }
@@ -296,16 +336,26 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     }
 }
 
-fn checkpoint_loop(every: Duration, shared: Arc<Shared>) {
+/// Checkpoints every `checkpoint_every` (if set), and retries a failed checkpoint when its
+/// backoff is due, whatever failed it (a periodic checkpoint or a SYNC).
+fn checkpoint_loop(shared: Arc<Shared>) {
     // A period beyond what an `Instant` can reach means no periodic checkpoint.
-    let after = |t: Instant| t.checked_add(every);
+    let every = shared.config.checkpoint_every;
+    let after = |t: Instant| every.and_then(|every| t.checked_add(every));
     let mut next = after(Instant::now());
+    let tick = every.map_or(Duration::from_millis(20), |e| e.min(Duration::from_millis(20)));
     while !shared.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20).min(every));
-        if next.is_some_and(|n| Instant::now() >= n) {
-            if let Err(e) = shared.checkpoint() {
-                eprintln!("headstart serve: periodic checkpoint failed: {e}");
-            }
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        let retry_due = shared
+            .retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|r| now >= r.at);
+        if retry_due || next.is_some_and(|n| now >= n) {
+            // A failure is logged and scheduled for retry inside `checkpoint`.
+            let _ = shared.checkpoint();
             next = after(Instant::now());
         }
     }
