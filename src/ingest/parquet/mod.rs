@@ -55,7 +55,9 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrayRef, OffsetSizeTrait, PrimitiveArray};
 use arrow_schema::DataType;
 
+mod guard;
 mod pages;
+pub use guard::decoding;
 pub use pages::{DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_ENV, max_page_bytes};
 
 use super::npy::Scalar;
@@ -244,11 +246,12 @@ impl Column {
             source,
         })?;
         let mask = ProjectionMask::roots(self.metadata.parquet_schema(), [self.index]);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
             .with_projection(mask)
             .with_row_groups((group.min(groups)..groups).collect())
-            .with_batch_size(batch.max(1))
-            .build()
+            .with_batch_size(batch.max(1));
+        let reader = guard::guarded(|| builder.build())
+            .map_err(|e| self.read_error(ParquetError::General(e)))?
             .map_err(|e| self.read_error(e))?;
         // The rows of the group before `start` are decoded and dropped here, not skipped by
         // the reader (`with_offset`): the parquet crate's skip loops forever on a page whose
@@ -256,7 +259,9 @@ impl Column {
         let mut reader = reader;
         let mut skip = (start - self.starts[group.min(groups)]) as usize;
         while skip > 0 {
-            let array = match reader.next() {
+            let next =
+                guard::guarded(|| reader.next()).map_err(|e| self.read_error(ParquetError::General(e)))?;
+            let array = match next {
                 Some(Ok(batch)) => batch.column(0).clone(),
                 Some(Err(e)) => return Err(self.read_error(ParquetError::General(e.to_string()))),
                 None => {
@@ -306,7 +311,15 @@ impl Column {
                 Some(a) => a,
                 None => {
                     let reader = self.reader.as_mut().expect("sought above");
-                    match reader.next() {
+                    let next = match guard::guarded(|| reader.next()) {
+                        Ok(next) => next,
+                        Err(e) => {
+                            // A reader that panicked is never used again.
+                            self.reader = None;
+                            return Err(self.read_error(ParquetError::General(e)));
+                        }
+                    };
+                    match next {
                         Some(Ok(batch)) => batch.column(0).clone(),
                         Some(Err(e)) => {
                             let e = self.read_error(ParquetError::General(e.to_string()));
