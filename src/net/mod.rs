@@ -33,7 +33,7 @@ pub mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, DEFAULT_WINDOW};
 pub use conn::{Address, Conn};
-pub use server::{Server, ServerConfig, ServerError};
+pub use server::{MAX_CHECKPOINT_RETRY, Server, ServerConfig, ServerError};
 
 use crate::solve::{Form, Lambda, Scope, SolveOptions};
 

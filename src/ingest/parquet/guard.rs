@@ -11,7 +11,7 @@ thread_local! {
 }
 
 /// Whether this thread is inside a guarded parquet decode. A panic hook can use it to stay
-/// quiet about a panic that [`guarded`] turns into an error (the CLI's hook does).
+/// quiet about a panic that the reader turns into an error (the CLI's hook does).
 ///
 /// # Examples
 /// ```
