@@ -250,13 +250,12 @@ impl Column {
             .with_projection(mask)
             .with_row_groups((group.min(groups)..groups).collect())
             .with_batch_size(batch.max(1));
-        let reader = guard::guarded(|| builder.build())
+        let mut reader = guard::guarded(|| builder.build())
             .map_err(|e| self.read_error(ParquetError::General(e)))?
             .map_err(|e| self.read_error(e))?;
         // The rows of the group before `start` are decoded and dropped here, not skipped by
         // the reader (`with_offset`): the parquet crate's skip loops forever on a page whose
         // levels are shorter than its header claims (found by fuzzing), where decoding fails.
-        let mut reader = reader;
         let mut skip = (start - self.starts[group.min(groups)]) as usize;
         while skip > 0 {
             let next =
