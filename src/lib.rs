@@ -6,6 +6,8 @@
 //!
 //! - [`stats`]: the additive statistics (count, Gram, class sums): an exact, mergeable monoid.
 //! - [`pipeline`]: producer handles and a reducer thread joined by bounded channels.
+//! - [`ledger`]: which numbered batches of which client session the state holds (exactly-once
+//!   pushes across reconnects).
 //! - [`solve`]: LS heads (`nc`, `ridge`) for any class subset, and λ selection from held-out
 //!   statistics.
 //! - [`expand`]: seeded random-feature expansion (ReLU(x·R), R regenerated from a seed).
@@ -40,6 +42,7 @@ pub mod demo;
 pub mod expand;
 pub mod export;
 pub mod ingest;
+pub mod ledger;
 pub mod net;
 pub mod pipeline;
 pub mod snapshot;

@@ -18,6 +18,10 @@
 //!   Batches sent concurrently with the request may or may not be included, but each is
 //!   either wholly in or wholly out. A solve mid-stream is `Solver::solve(&snapshot, …)`.
 //! - [`Producer::begin_task`] and [`Producer::retract`] are ordered the same way.
+//! - [`Producer::send_tagged`] sends batch `seq` of a client session: the reducer checks the
+//!   session's [`Ledger`] in the step that would apply it, and skips a batch it already holds
+//!   (the same or a later number of that session). A batch sent again after a lost
+//!   acknowledgement is therefore applied at most once, however the sends race.
 //! - When every producer handle is dropped, the reducer drains the queue and stops;
 //!   [`Reducer::join`] then returns the final state.
 //! - If the reducer fails (a retraction of samples it does not hold), it stops applying
@@ -42,12 +46,14 @@
 //! # Ok::<(), headstart::pipeline::PipelineError>(())
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::expand::RandomFeatures;
+use crate::ledger::{Ledger, Opened};
 use crate::stats::{Batch, BatchError, Features, Precision, Prepared, RetractError, Stats};
 
 /// Why a pipeline call failed.
@@ -91,19 +97,28 @@ enum Chunk {
     End,
 }
 
+/// A batch's client session and number, for [`Ledger::admit`].
+#[derive(Clone, Copy)]
+struct Tag {
+    session: u64,
+    seq: u64,
+}
+
 enum Message {
     /// A laid-out batch and the batch itself (whose rows the product reads in exact precision).
-    Update(Box<Prepared>, Arc<Batch>),
+    Update(Box<Prepared>, Arc<Batch>, Option<Tag>),
     /// An expanded batch of `rows` rows, arriving chunk by chunk on its own channel (the
     /// expanded rows are never held whole). The reducer takes all of it before the next
     /// message, so each batch is wholly in a snapshot or wholly out.
     Expanded {
         rows: usize,
         chunks: Receiver<Chunk>,
+        tag: Option<Tag>,
     },
     Retract(Arc<Batch>),
     BeginTask,
-    Snapshot(Sender<Stats>),
+    Open(u64, Sender<Opened>),
+    Snapshot(Sender<(Stats, Ledger)>),
     Barrier(Sender<()>),
 }
 
@@ -113,6 +128,10 @@ struct Shared {
     expansion: Option<Arc<RandomFeatures>>,
     precision: Precision,
     failure: OnceLock<ReducerError>,
+    /// Samples in the state after the last message the reducer applied.
+    samples: AtomicU64,
+    /// Tagged batches skipped because the ledger held them already.
+    duplicates: AtomicU64,
 }
 
 /// A cloneable handle that feeds the reducer. Cheap to clone; `Send + Sync`.
@@ -132,42 +151,87 @@ pub struct Reducer {
 /// lays out the next batch while the reducer multiplies, and no laid-out batch waits in
 /// between (one batch's sums and copies less memory; the bench measured no throughput cost).
 pub fn spawn(initial: Stats, capacity: usize) -> (Producer, Reducer) {
+    spawn_with_ledger(initial, Ledger::new(), capacity)
+}
+
+/// As [`spawn`], with the session ledger `ledger` (read from a state file with
+/// [`snapshot::read_with_ledger`](crate::snapshot::read_with_ledger)).
+///
+/// # Examples
+/// ```
+/// use headstart::{ledger::Ledger, pipeline, stats::{Batch, Stats}};
+/// let (producer, reducer) = pipeline::spawn_with_ledger(Stats::new(1), Ledger::new(), 4);
+/// let opened = producer.open_session(99)?;
+/// assert_eq!((opened.known, opened.last), (false, 0));
+/// let batch = std::sync::Arc::new(Batch::new(vec![1.0f32], vec![0]));
+/// producer.send_tagged(batch.clone(), 99, 1)?;
+/// producer.send_tagged(batch, 99, 1)?; // sent again: skipped
+/// let (stats, ledger) = producer.snapshot_with_ledger()?;
+/// assert_eq!((stats.samples(), ledger.last(99)), (1, Some(1)));
+/// assert_eq!(producer.duplicates(), 1);
+/// # drop(producer); reducer.join()?;
+/// # Ok::<(), headstart::pipeline::PipelineError>(())
+/// ```
+pub fn spawn_with_ledger(initial: Stats, ledger: Ledger, capacity: usize) -> (Producer, Reducer) {
     let (tx, rx) = bounded(capacity);
     let shared = Arc::new(Shared {
         dim: initial.input_dim(),
         expansion: initial.random_features().cloned(),
         precision: initial.precision(),
         failure: OnceLock::new(),
+        samples: AtomicU64::new(initial.samples()),
+        duplicates: AtomicU64::new(0),
     });
     let reducer_shared = Arc::clone(&shared);
     let handle = std::thread::Builder::new()
         .name("headstart-reducer".into())
-        .spawn(move || reduce(initial, rx, &reducer_shared))
+        .spawn(move || reduce(initial, ledger, rx, &reducer_shared))
         .expect("spawning the reducer thread");
     (Producer { tx, shared }, Reducer { handle })
 }
 
-fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<Stats, ReducerError> {
+fn reduce(
+    mut stats: Stats,
+    mut ledger: Ledger,
+    rx: Receiver<Message>,
+    shared: &Shared,
+) -> Result<Stats, ReducerError> {
+    // Whether a batch is new (and now recorded as applied), or one the ledger holds already.
+    let fresh = |ledger: &mut Ledger, tag: Option<Tag>| {
+        let fresh = tag.is_none_or(|t| ledger.admit(t.session, t.seq));
+        if !fresh {
+            shared.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
+    };
     for message in rx.iter() {
         let outcome = match message {
-            Message::Update(prepared, batch) => {
+            Message::Update(prepared, batch, tag) => {
                 // `send` validated and laid it out on the producer's thread.
-                match &batch.features {
-                    Features::F32(v) => stats.apply(&prepared, v),
-                    Features::F64(v) => stats.apply(&prepared, v),
+                if fresh(&mut ledger, tag) {
+                    match &batch.features {
+                        Features::F32(v) => stats.apply(&prepared, v),
+                        Features::F64(v) => stats.apply(&prepared, v),
+                    }
                 }
                 Ok(())
             }
-            Message::Expanded { rows, chunks } => {
+            Message::Expanded { rows, chunks, tag } => {
+                let apply = fresh(&mut ledger, tag);
                 let mut applied = 0;
                 loop {
                     match chunks.recv() {
                         Ok(Chunk::Part(prepared)) => {
                             applied += prepared.rows();
-                            stats.apply_part(&prepared);
+                            if apply {
+                                stats.apply_part(&prepared);
+                            }
                         }
                         Ok(Chunk::End) => {
-                            stats.finish_parts();
+                            // An empty batch has no parts to finish (it only moves the ledger).
+                            if apply && applied > 0 {
+                                stats.finish_parts();
+                            }
                             break Ok(());
                         }
                         Err(_) => break Err(ReducerError::IncompleteBatch { applied, rows }),
@@ -179,9 +243,13 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
                 stats.begin_task();
                 Ok(())
             }
+            Message::Open(session, reply) => {
+                let _ = reply.send(ledger.open(session));
+                Ok(())
+            }
             Message::Snapshot(reply) => {
                 // The requester may have given up; that is not the reducer's error.
-                let _ = reply.send(stats.clone());
+                let _ = reply.send((stats.clone(), ledger.clone()));
                 Ok(())
             }
             Message::Barrier(reply) => {
@@ -189,6 +257,7 @@ fn reduce(mut stats: Stats, rx: Receiver<Message>, shared: &Shared) -> Result<St
                 Ok(())
             }
         };
+        shared.samples.store(stats.samples(), Ordering::SeqCst);
         if let Err(e) = outcome {
             let _ = shared.failure.set(e.clone());
             // Keep taking messages until every producer is gone, dropping them unapplied.
@@ -223,19 +292,58 @@ impl Producer {
     /// [`PipelineError::Batch`] for a malformed batch (nothing queued);
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn send(&self, batch: impl Into<Arc<Batch>>) -> Result<(), PipelineError> {
-        let batch = batch.into();
+        self.send_with(batch.into(), None)
+    }
+
+    /// Sends batch `seq` of client session `session` (a non-zero id): as [`send`](Producer::send),
+    /// but the reducer skips it if the session's ledger holds `seq` or a later number already
+    /// ([`duplicates`](Producer::duplicates) counts those).
+    ///
+    /// # Errors
+    /// As [`send`](Producer::send).
+    pub fn send_tagged(
+        &self,
+        batch: impl Into<Arc<Batch>>,
+        session: u64,
+        seq: u64,
+    ) -> Result<(), PipelineError> {
+        self.send_with(batch.into(), Some(Tag { session, seq }))
+    }
+
+    fn send_with(&self, batch: Arc<Batch>, tag: Option<Tag>) -> Result<(), PipelineError> {
         if let Some(rf) = &self.shared.expansion {
             batch.validate(self.shared.dim)?;
             return match &batch.features {
-                Features::F32(v) => self.send_expanded(rf, v, &batch.labels),
-                Features::F64(v) => self.send_expanded(rf, v, &batch.labels),
+                Features::F32(v) => self.send_expanded(rf, v, &batch.labels, tag),
+                Features::F64(v) => self.send_expanded(rf, v, &batch.labels, tag),
             };
         }
         // A plain state's batch is checked in the one pass that lays it out: the O(B·d)
         // work (class sums, checks, the fast shift) happens here, on the producer's thread;
         // the reducer is left with the O(B·d²) product.
         let prepared = Stats::prepare(&batch, self.shared.dim, self.shared.precision)?;
-        self.put(Message::Update(Box::new(prepared), batch))
+        self.put(Message::Update(Box::new(prepared), batch, tag))
+    }
+
+    /// Registers client session `session` in the ledger if it is new, and reports its last
+    /// applied batch number; ordered with the batches as [`snapshot`](Producer::snapshot) is.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    pub fn open_session(&self, session: u64) -> Result<Opened, PipelineError> {
+        let (reply_tx, reply_rx) = bounded(1);
+        self.put(Message::Open(session, reply_tx))?;
+        reply_rx.recv().map_err(|_| self.stopped())
+    }
+
+    /// Samples in the state after the last message the reducer applied (never blocks).
+    pub fn samples(&self) -> u64 {
+        self.shared.samples.load(Ordering::SeqCst)
+    }
+
+    /// Tagged batches skipped so far because the ledger held them already.
+    pub fn duplicates(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::Relaxed)
     }
 
     /// Checks a batch as [`send`](Producer::send) does, without queueing it.
@@ -257,15 +365,18 @@ impl Producer {
         rf: &RandomFeatures,
         features: &[T],
         labels: &[i64],
+        tag: Option<Tag>,
     ) -> Result<(), PipelineError> {
         rf.check_magnitudes(features)?;
-        if labels.is_empty() {
+        // An empty tagged batch still goes to the reducer: the ledger records its number.
+        if labels.is_empty() && tag.is_none() {
             return Ok(());
         }
         let (tx, rx) = bounded(2);
         self.put(Message::Expanded {
             rows: labels.len(),
             chunks: rx,
+            tag,
         })?;
         let d = rf.spec().input_dim;
         let rows = crate::stats::CHUNK_ROWS;
@@ -311,6 +422,14 @@ impl Producer {
     /// # Errors
     /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
     pub fn snapshot(&self) -> Result<Stats, PipelineError> {
+        self.snapshot_with_ledger().map(|(stats, _)| stats)
+    }
+
+    /// As [`snapshot`](Producer::snapshot), with the session ledger as of the same moment.
+    ///
+    /// # Errors
+    /// [`PipelineError::ReducerFailed`] if the reducer has stopped.
+    pub fn snapshot_with_ledger(&self) -> Result<(Stats, Ledger), PipelineError> {
         let (reply_tx, reply_rx) = bounded(1);
         self.put(Message::Snapshot(reply_tx))?;
         reply_rx.recv().map_err(|_| self.stopped())

@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `HDSTATE\n` |
-//! | 8 | 4 | format version (3; versions 1 and 2 are still read) |
+//! | 8 | 4 | format version (4, or 3 without a session ledger; versions 1 and 2 are still read) |
 //! | 12 | 4 | flags (0) |
 //! | 16 | 8 | feature dimension d |
 //! | 24 | 8 | payload length in bytes |
@@ -19,7 +19,9 @@
 //! sample weights of [`Stats::decay`]; a version-1 file (integer counts only) reads as the
 //! undecayed state with weights equal to its counts. Version 3 added the random-feature
 //! [`Expansion`](crate::expand::Expansion) spec after the segments (R itself is never
-//! written: it is regenerated from the spec). Writing is atomic:
+//! written: it is regenerated from the spec). Version 4 appends the server's session
+//! [`Ledger`] to the payload, after the statistics; a state without sessions is still written
+//! as version 3, which older builds read. Writing is atomic:
 //! temporary file in the same directory, fsync, rename, fsync of the directory.
 //!
 //! # Examples
@@ -37,12 +39,15 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::ledger::{Ledger, LedgerParts};
 use crate::stats::{SegmentParts, Stats, StatsParts};
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"HDSTATE\n";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The format version written for a state without a session ledger.
+pub const LEDGERLESS_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_READ_VERSION: u32 = 1;
 
@@ -192,13 +197,27 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
-/// The state file's bytes: header and payload.
+/// The state file's bytes: header and payload (format version 3: no session ledger).
 pub fn encode(stats: &Stats) -> Vec<u8> {
-    let payload = bincode::serde::encode_to_vec(stats.to_parts(), bincode_config())
+    encode_with_ledger(stats, &Ledger::new())
+}
+
+/// The state file's bytes with a session ledger: format version 4, or 3 if the ledger is
+/// empty.
+pub fn encode_with_ledger(stats: &Stats, ledger: &Ledger) -> Vec<u8> {
+    let mut payload = bincode::serde::encode_to_vec(stats.to_parts(), bincode_config())
         .expect("encoding plain data into a Vec cannot fail");
+    let version = if ledger.is_empty() {
+        LEDGERLESS_VERSION
+    } else {
+        let ledger = bincode::serde::encode_to_vec(ledger.to_parts(), bincode_config())
+            .expect("encoding plain data into a Vec cannot fail");
+        payload.extend_from_slice(&ledger);
+        FORMAT_VERSION
+    };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(stats.dim() as u64).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -209,11 +228,20 @@ pub fn encode(stats: &Stats) -> Vec<u8> {
     out
 }
 
-/// Decodes a state file's bytes; `origin` names them in errors.
+/// Decodes a state file's bytes; `origin` names them in errors. A session ledger in the file
+/// is checked and dropped ([`decode_with_ledger`] keeps it).
 ///
 /// # Errors
 /// Every [`SnapshotError`] but `Io`.
 pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
+    decode_with_ledger(bytes, origin).map(|(stats, _)| stats)
+}
+
+/// Decodes a state file's bytes with its session ledger (empty before format version 4).
+///
+/// # Errors
+/// Every [`SnapshotError`] but `Io`.
+pub fn decode_with_ledger(bytes: &[u8], origin: &Path) -> Result<(Stats, Ledger), SnapshotError> {
     let path = || origin.to_path_buf();
     let not_a_state = |reason: &str| SnapshotError::NotAState {
         path: path(),
@@ -289,6 +317,14 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
     } else {
         bincode::serde::decode_from_slice(payload, bincode_config()).map_err(undecodable)?
     };
+    let (ledger, used) = if version >= 4 {
+        let (ledger, more): (LedgerParts, usize) =
+            bincode::serde::decode_from_slice(&payload[used..], bincode_config()).map_err(undecodable)?;
+        let ledger = Ledger::from_parts(ledger).map_err(|reason| SnapshotError::Invalid { path: path(), reason })?;
+        (ledger, used + more)
+    } else {
+        (Ledger::new(), used)
+    };
     if used != payload.len() {
         return Err(SnapshotError::Invalid {
             path: path(),
@@ -301,7 +337,8 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
             reason: format!("header says dimension {dim}, payload says {}", parts.dim),
         });
     }
-    Stats::from_parts(parts).map_err(|reason| SnapshotError::Invalid { path: path(), reason })
+    let stats = Stats::from_parts(parts).map_err(|reason| SnapshotError::Invalid { path: path(), reason })?;
+    Ok((stats, ledger))
 }
 
 /// Reads a state file.
@@ -309,11 +346,19 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<Stats, SnapshotError> {
 /// # Errors
 /// [`SnapshotError`], naming the file.
 pub fn read(path: &Path) -> Result<Stats, SnapshotError> {
+    read_with_ledger(path).map(|(stats, _)| stats)
+}
+
+/// Reads a state file with its session ledger (empty before format version 4).
+///
+/// # Errors
+/// [`SnapshotError`], naming the file.
+pub fn read_with_ledger(path: &Path) -> Result<(Stats, Ledger), SnapshotError> {
     let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    decode(&bytes, path)
+    decode_with_ledger(&bytes, path)
 }
 
 /// Reads a state file and checks its dimension.
@@ -338,7 +383,28 @@ pub fn read_with_dim(path: &Path, dim: usize) -> Result<Stats, SnapshotError> {
 /// # Errors
 /// [`SnapshotError::Io`].
 pub fn write(path: &Path, stats: &Stats) -> Result<(), SnapshotError> {
-    crate::atomic::write(path, &encode(stats)).map_err(|source| SnapshotError::Io {
+    write_with_ledger(path, stats, &Ledger::new())
+}
+
+/// Writes a state file with a session ledger, atomically as [`write`] does.
+///
+/// # Errors
+/// [`SnapshotError::Io`].
+///
+/// # Examples
+/// ```
+/// use headstart::{ledger::Ledger, snapshot, stats::Stats};
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("state.hs");
+/// let mut ledger = Ledger::new();
+/// ledger.admit(42, 1);
+/// snapshot::write_with_ledger(&path, &Stats::new(2), &ledger)?;
+/// let (_, back) = snapshot::read_with_ledger(&path)?;
+/// assert_eq!(back.last(42), Some(1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_with_ledger(path: &Path, stats: &Stats, ledger: &Ledger) -> Result<(), SnapshotError> {
+    crate::atomic::write(path, &encode_with_ledger(stats, ledger)).map_err(|source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
     })

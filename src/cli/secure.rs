@@ -89,6 +89,7 @@ impl ClientSecurity {
             timeout,
             token,
             tls: None,
+            reconnect: None,
         };
         Ok(match &self.tls_ca {
             Some(ca) => options.with_tls_ca(ca).context("--tls-ca")?,

@@ -70,6 +70,14 @@ const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
 /// Parses a number of seconds for clap: finite, more than 0 and at most [`MAX_SECONDS`], so
 /// that no `Duration` conversion or `Instant + duration` can panic or overflow. clap names
 /// the option in its error (usage error, exit code 2).
+/// As [`parse_seconds`], and 0 (meaning "off").
+fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        _ => parse_seconds(text),
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let v: f64 = text
         .trim()
@@ -98,8 +106,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .listen
         .parse()
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let mut ledger = headstart::ledger::Ledger::new();
     let mut state = if args.state.exists() {
-        let mut s = snapshot::read(&args.state)?;
+        let (mut s, l) = snapshot::read_with_ledger(&args.state)?;
+        ledger = l;
         if let Some(d) = args.dim.filter(|&d| d != s.input_dim()) {
             bail!(
                 "--dim {d} but {} has dimension {}",
@@ -156,7 +166,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     let server_tokens = config.tokens.as_ref().map(|t| t.counts());
     let server_tls = config.tls.is_some();
-    let server = Server::start(&address, state, config)?;
+    let server = Server::start_with_ledger(&address, state, ledger, config)?;
     // Scripts read this line to learn the address; a reader that went away does not stop
     // the server.
     let guard = match (&server_tokens, server_tls) {
@@ -208,6 +218,11 @@ pub struct PushArgs {
     /// batches before a bad row are applied and the push then fails.
     #[arg(long)]
     no_prevalidate: bool,
+    /// Seconds to keep reconnecting when the connection drops (a server restart, a cut link, a
+    /// timeout): the push then resumes its session, and the server applies every batch exactly
+    /// once. 0: no resuming, a dropped connection fails the push.
+    #[arg(long, default_value = "60", value_parser = parse_seconds_or_zero)]
+    reconnect: Duration,
     /// Start at this row (0-based), skipping the rows before it: after a push that failed
     /// saying "rows 0..N were acknowledged", `--skip-rows N` sends each remaining row once.
     #[arg(long, default_value_t = 0)]
@@ -285,7 +300,13 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
             )
         })?;
     }
-    let options = args.security.options(Some(args.timeout))?;
+    let mut options = args.security.options(Some(args.timeout))?;
+    if !args.reconnect.is_zero() {
+        options.reconnect = Some(headstart::net::Reconnect {
+            patience: args.reconnect,
+            ..headstart::net::Reconnect::default()
+        });
+    }
     let started = Instant::now();
     let mut client = Client::connect_with(&address, &options)?;
     client.set_window(args.window);
@@ -307,6 +328,10 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
             bar.inc(count);
         }
         client.flush()?;
+        if client.session().is_some() {
+            // Until a SYNC, the client keeps every batch to send it again after a restart.
+            client.sync().context("making the pushed batches durable")?;
+        }
         Ok(())
     };
     if let Err(e) = sent() {
@@ -322,9 +347,17 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
         String::new()
     };
     outln!(
-        "pushed {}{from} in {} to {address}, all acknowledged ({seconds:.3} s, {:.0} samples/s)",
+        "pushed {}{from} in {} to {address}, all acknowledged{} ({seconds:.3} s, {:.0} samples/s)",
         super::plural(pushed, "sample", "samples"),
         super::plural(batches, "batch", "batches"),
+        match (client.session().is_some(), client.reconnects()) {
+            (false, _) => String::new(),
+            (true, 0) => " and durable".to_string(),
+            (true, n) => format!(
+                " and durable, each once (resumed after {})",
+                super::plural(n, "dropped connection", "dropped connections")
+            ),
+        },
         pushed as f64 / seconds.max(1e-9)
     )?;
     Ok(())

@@ -1,8 +1,9 @@
 //! The Rust client of `headstart serve`.
 
+use std::collections::VecDeque;
 use std::io::BufReader;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::SolveRequest;
 use super::auth::{Role, Token};
@@ -95,6 +96,82 @@ pub enum ClientError {
     /// The call needs an open session ([`Client::open`]) or a batch that fits it.
     #[error("{0}")]
     Usage(String),
+    /// The connection dropped and reconnecting failed for the whole of the client's patience
+    /// ([`Reconnect::patience`]); the batches not acknowledged are kept, and a later call
+    /// tries again.
+    #[error("{address}: the connection dropped and reconnecting failed for {after:?} ({attempts} attempts; last: {last})")]
+    GaveUp {
+        /// The server's address.
+        address: String,
+        /// How long the client tried.
+        after: Duration,
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<ClientError>,
+    },
+    /// A resumed session cannot go on without applying a batch twice or losing one: the
+    /// server no longer knows the session, or holds fewer of its batches than it made durable.
+    #[error("{address}: cannot resume session {session:016x}: {reason}")]
+    Resume {
+        /// The server's address.
+        address: String,
+        /// The session's id.
+        session: u64,
+        /// What the server holds, and which batches are in doubt.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether a reconnect may cure the error: the connection broke, timed out, or the server
+    /// was busy or stopping. A refusal of the request itself (a bad batch, a wrong token)
+    /// is not cured by sending it again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Io { .. } | ClientError::TimedOut { .. } => true,
+            ClientError::Frame { source, .. } => matches!(source, FrameError::Io(_) | FrameError::Closed),
+            ClientError::Server { code, .. } => {
+                matches!(code, ErrorCode::Unavailable | ErrorCode::IdleTimeout)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How a client with a resumable session reconnects after the connection drops (a server
+/// restart, a cut link, a timeout): it tries again and again, waiting `first_wait`, then
+/// twice as long each time up to `max_wait`, for at most `patience` in all.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use headstart::net::{ClientOptions, Reconnect};
+/// let options = ClientOptions {
+///     reconnect: Some(Reconnect { patience: Duration::from_secs(300), ..Reconnect::default() }),
+///     ..ClientOptions::default()
+/// };
+/// assert_eq!(options.reconnect.unwrap().first_wait, Duration::from_millis(50));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// How long to keep trying before a call fails with [`ClientError::GaveUp`].
+    pub patience: Duration,
+    /// The wait before the second attempt (the first is immediate).
+    pub first_wait: Duration,
+    /// The longest wait between attempts.
+    pub max_wait: Duration,
+}
+
+impl Default for Reconnect {
+    /// 60 s of patience, waits from 50 ms doubling to 2 s.
+    fn default() -> Self {
+        Reconnect {
+            patience: Duration::from_secs(60),
+            first_wait: Duration::from_millis(50),
+            max_wait: Duration::from_secs(2),
+        }
+    }
 }
 
 /// How a client connects: timeout, token, TLS.
@@ -119,15 +196,19 @@ pub struct ClientOptions {
     pub token: Option<Token>,
     /// Connect with TLS, trusting this configuration's CA ([`tls::client_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Open resumable sessions, and reconnect this way when the connection drops (none: a
+    /// plain session, and a dropped connection fails the call). See [`Client::open`].
+    pub reconnect: Option<Reconnect>,
 }
 
 impl Default for ClientOptions {
-    /// A 60 s timeout, no token, no TLS.
+    /// A 60 s timeout, no token, no TLS, no reconnecting.
     fn default() -> Self {
         ClientOptions {
             timeout: Some(DEFAULT_TIMEOUT),
             token: None,
             tls: None,
+            reconnect: None,
         }
     }
 }
@@ -153,6 +234,24 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest reply frame a client accepts by default, 1 GiB (see
 /// [`Client::set_max_reply_bytes`]).
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 1 << 30;
+
+/// Feature bytes a resumable session keeps for resending before it syncs by itself, 256 MiB
+/// (see [`Client::set_max_unsynced_bytes`]).
+pub const DEFAULT_MAX_UNSYNCED_BYTES: usize = 256 << 20;
+
+/// A resumable session: its id, and the batches it may still have to send again.
+struct Resumable {
+    session: u64,
+    dim: usize,
+    dtype: Dtype,
+    /// The server's eviction count when the session was opened ([`crate::ledger`]).
+    evicted_at_open: u64,
+    /// Every batch after `durable`, oldest first, with its number.
+    kept: VecDeque<(u64, Batch)>,
+    kept_bytes: usize,
+    /// The last batch number a SYNC made durable.
+    durable: u64,
+}
 
 /// A connection to a server.
 ///
@@ -180,6 +279,11 @@ pub struct Client {
     window: usize,
     timeout: Option<Duration>,
     max_reply_bytes: usize,
+    /// How the connection was made, to make it again.
+    options: ClientOptions,
+    resumable: Option<Resumable>,
+    max_unsynced_bytes: usize,
+    reconnects: u64,
 }
 
 impl Client {
@@ -220,23 +324,10 @@ impl Client {
         if timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::Usage("a client timeout must be more than 0".into()));
         }
-        let io = |source: std::io::Error| classify(address, source, "connecting", timeout);
-        let mut conn = Conn::connect_timeout(address, timeout).map_err(io)?;
-        conn.set_timeouts(timeout).map_err(io)?;
-        if let Some(config) = &options.tls {
-            let name = tls::server_name(address).map_err(|reason| ClientError::Tls {
-                address: address.to_string(),
-                reason,
-            })?;
-            conn = Conn::Tls(Box::new(
-                TlsStream::connect(Arc::clone(config), name, conn)
-                    .map_err(|e| handshake_error(address, timeout, e))?,
-            ));
-        }
-        let writer = conn.try_clone().map_err(io)?;
+        let (reader, writer) = dial(address, options)?;
         let mut client = Client {
             address: address.clone(),
-            reader: BufReader::with_capacity(1 << 16, conn),
+            reader,
             writer,
             session: None,
             role: Role::Push,
@@ -247,12 +338,18 @@ impl Client {
             window: DEFAULT_WINDOW,
             timeout,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            options: options.clone(),
+            resumable: None,
+            max_unsynced_bytes: DEFAULT_MAX_UNSYNCED_BYTES,
+            reconnects: 0,
         };
-        client.handshake(options.token.as_ref())?;
+        client.handshake()?;
         Ok(client)
     }
 
-    fn handshake(&mut self, token: Option<&Token>) -> Result<(), ClientError> {
+    fn handshake(&mut self) -> Result<(), ClientError> {
+        let token = self.options.token.clone();
+        let token = token.as_ref();
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
         };
@@ -339,6 +436,7 @@ impl Client {
                 source,
             })?;
         self.timeout = timeout;
+        self.options.timeout = timeout;
         Ok(())
     }
 
@@ -379,7 +477,136 @@ impl Client {
     /// The first batch the server refused ([`ClientError::Server`]), or a connection error.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         while !self.unacked.is_empty() {
-            self.take_ack()?;
+            if let Err(e) = self.take_ack() {
+                self.recover(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Times this client reconnected and resumed its session.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// The resumable session's id ([`Client::open`] with [`ClientOptions::reconnect`]).
+    pub fn session(&self) -> Option<u64> {
+        self.resumable.as_ref().map(|r| r.session)
+    }
+
+    /// Batches kept for resending: pushed since the last SYNC (acknowledged or not).
+    pub fn unsynced(&self) -> usize {
+        self.resumable.as_ref().map_or(0, |r| r.kept.len())
+    }
+
+    /// Sets how many feature bytes a resumable session keeps for resending before
+    /// [`push`](Client::push) syncs by itself (default 256 MiB); the batches are dropped once
+    /// a SYNC makes them durable.
+    pub fn set_max_unsynced_bytes(&mut self, limit: usize) {
+        self.max_unsynced_bytes = limit;
+    }
+
+    /// Handles a failed read or write: without a resumable session, returns the error; with
+    /// one and a transient error, reconnects (with backoff, within the patience), resumes the
+    /// session and sends again every kept batch the server does not hold.
+    fn recover(&mut self, error: ClientError) -> Result<(), ClientError> {
+        let Some(reconnect) = self.options.reconnect else {
+            return Err(error);
+        };
+        if self.resumable.is_none() || !error.is_transient() {
+            return Err(error);
+        }
+        self.writer.shutdown();
+        let started = Instant::now();
+        let mut wait = reconnect.first_wait;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.reopen() {
+                Ok(()) => {
+                    self.reconnects += 1;
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && started.elapsed() + wait < reconnect.patience => {
+                    self.writer.shutdown();
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(reconnect.max_wait);
+                }
+                Err(e) if e.is_transient() => {
+                    self.writer.shutdown();
+                    return Err(ClientError::GaveUp {
+                        address: self.address.to_string(),
+                        after: started.elapsed(),
+                        attempts,
+                        last: Box::new(e),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects again, resumes the session and sends the kept batches the server lacks.
+    fn reopen(&mut self) -> Result<(), ClientError> {
+        let (reader, writer) = dial(&self.address, &self.options)?;
+        self.reader = reader;
+        self.writer = writer;
+        self.unacked.clear();
+        self.handshake()?;
+        let r = self.resumable.as_ref().expect("a resumable session");
+        let (session, durable, evicted_at_open) = (r.session, r.durable, r.evicted_at_open);
+        let request = Request::Resume {
+            dim: r.dim as u64,
+            dtype: r.dtype,
+            session,
+        };
+        let (known, last, evicted) = match self.call_once(&request, "RESUME")? {
+            Reply::Resumed {
+                known, last, evicted, ..
+            } => (known, last, evicted),
+            other => return Err(self.unexpected("RESUME", &other)),
+        };
+        let refuse = |reason: String| ClientError::Resume {
+            address: self.address.to_string(),
+            session,
+            reason,
+        };
+        let in_doubt = format!("batches {}..={} are in doubt", durable + 1, self.seq);
+        if !known && evicted > evicted_at_open {
+            return Err(refuse(format!(
+                "the server no longer knows the session (it dropped {} sessions since this one opened: it keeps the {} most recently used); {in_doubt}",
+                evicted - evicted_at_open,
+                crate::ledger::MAX_SESSIONS
+            )));
+        }
+        let held = if known { last } else { 0 };
+        if held < durable {
+            return Err(refuse(format!(
+                "the server holds its batches up to {held}, but a SYNC made batches up to {durable} durable: its state file was replaced or restored from an older copy; {in_doubt}"
+            )));
+        }
+        if held > self.seq {
+            return Err(refuse(format!(
+                "the server holds batches up to {held}, but this client sent only {}: is another client using the session id?",
+                self.seq
+            )));
+        }
+        // Send again, in order and within the window, every kept batch the server lacks.
+        // The kept batches are numbered one after another, oldest first.
+        let (first, count) = {
+            let kept = &self.resumable.as_ref().expect("a resumable session").kept;
+            (kept.partition_point(|(seq, _)| *seq <= held), kept.len())
+        };
+        for i in first..count {
+            let (seq, batch) = &self.resumable.as_ref().expect("a resumable session").kept[i];
+            let seq = *seq;
+            if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
+                return Err(self.io_error(source, "sending BATCH again"));
+            }
+            self.unacked.push_back(seq);
+            while self.unacked.len() >= self.window {
+                self.take_ack()?;
+            }
         }
         Ok(())
     }
@@ -409,6 +636,15 @@ impl Client {
     /// Opens a session for batches of `dim` features of type `dtype` (once per connection);
     /// returns the number of samples the server's state holds.
     ///
+    /// With [`ClientOptions::reconnect`] the session is *resumable*: it gets a random id, and
+    /// its batches are numbered 1, 2, 3, …. The client keeps every batch until a SYNC makes
+    /// it durable ([`sync`](Client::sync); [`push`](Client::push) syncs by itself beyond
+    /// [`set_max_unsynced_bytes`](Client::set_max_unsynced_bytes)). When the connection drops
+    /// (a server restart, a cut link, a timeout), the next call reconnects, resumes the
+    /// session and sends again each kept batch the server does not hold; the server's ledger
+    /// skips any batch it holds already. So every batch is applied exactly once
+    /// (docs/protocol.md, "Exactly-once pushes").
+    ///
     /// # Errors
     /// [`ClientError::Server`] if the server's dimension differs; [`ClientError::Usage`] for a
     /// second session on one connection.
@@ -417,6 +653,35 @@ impl Client {
             return Err(ClientError::Usage(
                 "this connection has a session already (one per connection)".into(),
             ));
+        }
+        if self.options.reconnect.is_some() {
+            let session = loop {
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
+                }
+            };
+            let request = Request::Resume {
+                dim: dim as u64,
+                dtype,
+                session,
+            };
+            return match self.call(&request, "RESUME")? {
+                Reply::Resumed { samples, evicted, .. } => {
+                    self.session = Some((dim, dtype));
+                    self.resumable = Some(Resumable {
+                        session,
+                        dim,
+                        dtype,
+                        evicted_at_open: evicted,
+                        kept: VecDeque::new(),
+                        kept_bytes: 0,
+                        durable: 0,
+                    });
+                    Ok(samples)
+                }
+                other => Err(self.unexpected("RESUME", &other)),
+            };
         }
         let request = Request::Open {
             dim: dim as u64,
@@ -465,6 +730,9 @@ impl Client {
         batch
             .validate(dim)
             .map_err(|e| ClientError::Usage(format!("batch refused before sending: {e}")))?;
+        if self.resumable.is_some() {
+            return self.push_resumable(batch);
+        }
         let seq = self.seq + 1;
         if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
             // Not sent (a partial frame is never applied): not counted by `acknowledged`.
@@ -479,6 +747,33 @@ impl Client {
         self.unacked.push_back(seq);
         while self.unacked.len() >= self.window {
             self.take_ack()?;
+        }
+        Ok(())
+    }
+
+    /// `push` in a resumable session: the batch is kept until a SYNC makes it durable, and a
+    /// dropped connection is resumed instead of failing the call.
+    fn push_resumable(&mut self, batch: &Batch) -> Result<(), ClientError> {
+        let bytes = batch.features.len() * if matches!(batch.features, Features::F32(_)) { 4 } else { 8 };
+        let kept_bytes = self.resumable.as_ref().map_or(0, |r| r.kept_bytes);
+        if kept_bytes > 0 && kept_bytes + bytes > self.max_unsynced_bytes {
+            self.sync()?;
+        }
+        let seq = self.seq + 1;
+        let r = self.resumable.as_mut().expect("a resumable session");
+        r.kept.push_back((seq, batch.clone()));
+        r.kept_bytes += bytes;
+        self.seq = seq;
+        self.unacked.push_back(seq);
+        if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
+            let e = self.io_error(source, "sending BATCH");
+            // Reconnecting sends this batch again with the other kept ones.
+            self.recover(e)?;
+        }
+        while self.unacked.len() >= self.window {
+            if let Err(e) = self.take_ack() {
+                self.recover(e)?;
+            }
         }
         Ok(())
     }
@@ -500,9 +795,27 @@ impl Client {
     /// # Errors
     /// [`ClientError::Server`] with [`ErrorCode::Durability`] if the write failed.
     pub fn sync(&mut self) -> Result<u64, ClientError> {
-        match self.call(&Request::Sync, "SYNC")? {
-            Reply::Synced(samples) => Ok(samples),
-            other => Err(self.unexpected("SYNC", &other)),
+        loop {
+            let reply = match self.call(&Request::Sync, "SYNC") {
+                Ok(reply) => reply,
+                // A SYNC may be sent again: resume, then ask again.
+                Err(e) => {
+                    self.recover(e)?;
+                    continue;
+                }
+            };
+            return match reply {
+                Reply::Synced(samples) => {
+                    // Every batch pushed was acknowledged before the reply: all durable now.
+                    if let Some(r) = self.resumable.as_mut() {
+                        r.kept.clear();
+                        r.kept_bytes = 0;
+                        r.durable = self.seq;
+                    }
+                    Ok(samples)
+                }
+                other => Err(self.unexpected("SYNC", &other)),
+            };
         }
     }
 
@@ -534,12 +847,18 @@ impl Client {
     }
 
     fn call(&mut self, request: &Request, what: &'static str) -> Result<Reply, ClientError> {
+        // The outstanding ACKs first, resuming if the connection dropped: the request then
+        // goes on a connection that has every pushed batch.
+        self.flush()?;
+        self.call_once(request, what)
+    }
+
+    /// Sends a request and reads its reply, with no batch awaiting its ACK.
+    fn call_once(&mut self, request: &Request, what: &'static str) -> Result<Reply, ClientError> {
         let frame = super::protocol::encode_request(request);
         if let Err(source) = self.writer.write_all_frame(&frame) {
             return Err(self.io_error(source, &format!("sending {what}")));
         }
-        // The server replies in request order: the pushed batches' ACKs come first.
-        self.flush()?;
         self.read(what)
     }
 
@@ -610,6 +929,25 @@ impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.flush();
     }
+}
+
+/// Connects, with TLS if the options say so: the reader and the writer of the connection.
+fn dial(address: &Address, options: &ClientOptions) -> Result<(BufReader<Conn>, Conn), ClientError> {
+    let timeout = options.timeout;
+    let io = |source: std::io::Error| classify(address, source, "connecting", timeout);
+    let mut conn = Conn::connect_timeout(address, timeout).map_err(io)?;
+    conn.set_timeouts(timeout).map_err(io)?;
+    if let Some(config) = &options.tls {
+        let name = tls::server_name(address).map_err(|reason| ClientError::Tls {
+            address: address.to_string(),
+            reason,
+        })?;
+        conn = Conn::Tls(Box::new(
+            TlsStream::connect(Arc::clone(config), name, conn).map_err(|e| handshake_error(address, timeout, e))?,
+        ));
+    }
+    let writer = conn.try_clone().map_err(io)?;
+    Ok((BufReader::with_capacity(1 << 16, conn), writer))
 }
 
 /// Whether an I/O error is a socket timeout (`WouldBlock` from `SO_RCVTIMEO` on Unix).

@@ -31,7 +31,7 @@ pub mod protocol;
 mod server;
 pub mod tls;
 
-pub use client::{Client, ClientError, ClientOptions, DEFAULT_WINDOW};
+pub use client::{Client, ClientError, ClientOptions, DEFAULT_WINDOW, Reconnect};
 pub use conn::{Address, Conn};
 pub use server::{MAX_CHECKPOINT_RETRY, Server, ServerConfig, ServerError};
 

@@ -40,6 +40,8 @@ pub mod kind {
     pub const AUTH: u8 = 0x07;
     /// Opens a batch session: dimension and dtype.
     pub const OPEN: u8 = 0x08;
+    /// Opens a batch session that resumes across connections: dimension, dtype, session id.
+    pub const RESUME: u8 = 0x09;
     /// Reply to HELLO.
     pub const WELCOME: u8 = 0x81;
     /// Reply to BATCH once applied.
@@ -56,6 +58,8 @@ pub mod kind {
     pub const READY: u8 = 0x87;
     /// Reply to OPEN.
     pub const OPENED: u8 = 0x88;
+    /// Reply to RESUME: samples, and what the server's ledger holds for the session.
+    pub const RESUMED: u8 = 0x89;
     /// An error; `fatal` ones close the connection.
     pub const ERROR: u8 = 0xFF;
 }
@@ -183,6 +187,17 @@ pub enum Request {
         /// Element type of its features.
         dtype: Dtype,
     },
+    /// Opens a batch session as OPEN does, for client session `session` (non-zero): the
+    /// connection's batches are numbered in that session, and one the server holds already
+    /// is acknowledged without being applied again.
+    Resume {
+        /// Feature dimension the client will send.
+        dim: u64,
+        /// Element type of its features.
+        dtype: Dtype,
+        /// The client session's id.
+        session: u64,
+    },
     /// A labelled batch; `seq` is echoed in the ACK.
     Batch {
         /// Client-chosen sequence number.
@@ -223,6 +238,17 @@ pub enum Reply {
     Opened {
         /// Samples in the state now.
         samples: u64,
+    },
+    /// The resumable session is open.
+    Resumed {
+        /// Samples in the state now.
+        samples: u64,
+        /// Whether the server's ledger held the session before.
+        known: bool,
+        /// The session's last applied batch number (0 if unknown).
+        last: u64,
+        /// Sessions the ledger has dropped so far (its expiry rule).
+        evicted: u64,
     },
     /// Batch `seq` was applied.
     Ack(u64),
@@ -461,6 +487,7 @@ impl Request {
             kind::STATS => "STATS",
             kind::AUTH => "AUTH",
             kind::OPEN => "OPEN",
+            kind::RESUME => "RESUME",
             other => {
                 return Err(FrameError::Malformed {
                     what: "unknown",
@@ -488,7 +515,7 @@ impl Request {
                 }
                 Request::Auth(Secret(body.to_vec()))
             }
-            kind::OPEN => {
+            kind::OPEN | kind::RESUME => {
                 let dim = b.u64("dimension")?;
                 let dtype = match b.u8("dtype")? {
                     1 => Dtype::F32,
@@ -500,8 +527,20 @@ impl Request {
                         });
                     }
                 };
-                b.end()?;
-                Request::Open { dim, dtype }
+                if kind == kind::OPEN {
+                    b.end()?;
+                    Request::Open { dim, dtype }
+                } else {
+                    let session = b.u64("session id")?;
+                    b.end()?;
+                    if session == 0 {
+                        return Err(FrameError::Malformed {
+                            what,
+                            reason: "session id 0 (a session id is non-zero)".into(),
+                        });
+                    }
+                    Request::Resume { dim, dtype, session }
+                }
             }
             kind::BATCH => {
                 let Some((dim, dtype, limits)) = session else {
@@ -568,6 +607,13 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
             body.extend_from_slice(&dim.to_le_bytes());
             body.push(dtype.code());
             (kind::OPEN, body)
+        }
+        Request::Resume { dim, dtype, session } => {
+            let mut body = Vec::with_capacity(17);
+            body.extend_from_slice(&dim.to_le_bytes());
+            body.push(dtype.code());
+            body.extend_from_slice(&session.to_le_bytes());
+            (kind::RESUME, body)
         }
         Request::Batch { seq, batch } => (kind::BATCH, encode_batch_body(*seq, batch)),
         Request::BeginTask => (kind::BEGIN_TASK, Vec::new()),
@@ -682,6 +728,19 @@ impl Reply {
                 (kind::READY, body)
             }
             Reply::Opened { samples } => (kind::OPENED, samples.to_le_bytes().to_vec()),
+            Reply::Resumed {
+                samples,
+                known,
+                last,
+                evicted,
+            } => {
+                let mut body = Vec::with_capacity(25);
+                body.extend_from_slice(&samples.to_le_bytes());
+                body.push(u8::from(*known));
+                body.extend_from_slice(&last.to_le_bytes());
+                body.extend_from_slice(&evicted.to_le_bytes());
+                (kind::RESUMED, body)
+            }
             Reply::Ack(seq) => (kind::ACK, seq.to_le_bytes().to_vec()),
             Reply::TaskBegun => (kind::TASK_BEGUN, Vec::new()),
             Reply::Head(bytes) => (kind::HEAD, bytes.clone()),
@@ -743,6 +802,21 @@ impl Reply {
             }
             kind::OPENED => Reply::Opened {
                 samples: b.u64("samples")?,
+            },
+            kind::RESUMED => Reply::Resumed {
+                samples: b.u64("samples")?,
+                known: match b.u8("known flag")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(FrameError::Malformed {
+                            what,
+                            reason: format!("known flag {other} (expected 0 or 1)"),
+                        });
+                    }
+                },
+                last: b.u64("last sequence number")?,
+                evicted: b.u64("evicted sessions")?,
             },
             kind::ACK => Reply::Ack(b.u64("sequence number")?),
             kind::TASK_BEGUN => Reply::TaskBegun,

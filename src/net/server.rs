@@ -5,7 +5,7 @@ use std::io::{BufReader, Read};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use super::protocol::{
     Dtype, ErrorCode, FrameError, Limits, PROTOCOL_VERSION, Reply, Request, kind, read_frame, write_frame,
 };
 use super::tls::{TLS_HANDSHAKE_BYTE, TlsStream};
+use crate::ledger::Ledger;
 use crate::pipeline::{self, Applied, PipelineError, Producer, Reducer};
 use crate::snapshot::{self, SnapshotError};
 use crate::solve::Solver;
@@ -109,13 +110,12 @@ struct Shared {
     /// takes it for writing, so that every acknowledged batch precedes the final checkpoint.
     draining: RwLock<bool>,
     /// Serialises checkpoints (a later snapshot is never overwritten by an earlier one) and
-    /// remembers the version last written.
-    checkpoint: Mutex<Option<u64>>,
+    /// remembers the state's and the ledger's versions last written.
+    checkpoint: Mutex<Option<(u64, u64)>>,
     /// Set while checkpoints fail: the checkpoint thread retries with backoff.
     retry: Mutex<Option<Retry>>,
     stop: AtomicBool,
     connections: AtomicUsize,
-    acknowledged: AtomicU64,
     solver: Solver,
 }
 
@@ -123,10 +123,11 @@ impl Shared {
     /// Writes the state if it changed since the last checkpoint; returns its sample count.
     fn checkpoint(&self) -> Result<u64, ServerError> {
         let mut last = self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
-        let state = self.producer.snapshot()?;
-        if *last != Some(state.version()) {
+        let (state, ledger) = self.producer.snapshot_with_ledger()?;
+        let version = (state.version(), ledger.changes());
+        if *last != Some(version) {
             let started = Instant::now();
-            let written = snapshot::write(&self.config.state_path, &state);
+            let written = snapshot::write_with_ledger(&self.config.state_path, &state, &ledger);
             let mut retry = self.retry.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = written {
                 // The previous file is untouched (atomic replace): retry later, from memory.
@@ -148,7 +149,7 @@ impl Shared {
                     self.config.state_path.display()
                 );
             }
-            *last = Some(state.version());
+            *last = Some(version);
             if self.config.verbose {
                 eprintln!(
                     "checkpoint: {} samples, {} classes → {} ({:.0} ms)",
@@ -187,6 +188,21 @@ impl Server {
     /// another server answers on is refused; a stale one is replaced);
     /// [`ServerError::Snapshot`] if the state file cannot be written.
     pub fn start(address: &Address, initial: Stats, config: ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with_ledger(address, initial, Ledger::new(), config)
+    }
+
+    /// As [`start`](Server::start), with the session ledger read from the state file
+    /// ([`snapshot::read_with_ledger`]), so that clients resuming their sessions after a
+    /// restart find the batches the state holds.
+    ///
+    /// # Errors
+    /// As [`start`](Server::start).
+    pub fn start_with_ledger(
+        address: &Address,
+        initial: Stats,
+        ledger: Ledger,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
         let listen_error = |source| ServerError::Listen {
             address: address.to_string(),
             source,
@@ -219,8 +235,7 @@ impl Server {
 
         // Clients send raw features: an expanded state expands them on the pipeline.
         let dim = initial.input_dim();
-        let samples = initial.samples();
-        let (producer, reducer) = pipeline::spawn(initial, config.channel_capacity);
+        let (producer, reducer) = pipeline::spawn_with_ledger(initial, ledger, config.channel_capacity);
         let shared = Arc::new(Shared {
             producer,
             dim,
@@ -230,7 +245,6 @@ impl Server {
             retry: Mutex::new(None),
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
-            acknowledged: AtomicU64::new(samples),
             solver: Solver::new(),
         });
         shared.checkpoint()?;
@@ -377,11 +391,7 @@ pub const ACK_WINDOW: usize = 64;
 /// What a connection's writer sends, in the order the requests arrived.
 enum Outgoing {
     /// Sent once `applied` resolves.
-    Applied {
-        applied: Applied,
-        rows: u64,
-        reply: Reply,
-    },
+    Applied { applied: Applied, reply: Reply },
     /// Sent as it is; a fatal error closes the connection.
     Now(Reply),
 }
@@ -416,12 +426,9 @@ fn serve_connection(conn: Conn, shared: Arc<Shared>) {
     // Replies leave from their own thread, so that the next batch is read and queued while
     // earlier ones are applied: a client may keep a window of batches unacknowledged.
     let (outgoing, replies) = crossbeam_channel::bounded::<Outgoing>(ACK_WINDOW);
-    let replier = {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("headstart-replies".into())
-            .spawn(move || write_replies(writer, replies, &shared))
-    };
+    let replier = std::thread::Builder::new()
+        .name("headstart-replies".into())
+        .spawn(move || write_replies(writer, replies));
     let Ok(replier) = replier else {
         conn.shutdown();
         return;
@@ -514,6 +521,7 @@ fn read_requests(
     outgoing: &Sender<Outgoing>,
 ) {
     let mut session: Option<(usize, Dtype)> = None;
+    let mut numbering: Option<Numbering> = None;
     let mut phase = Phase::Start;
     let limits = shared.config.limits;
     let refuse = |code: ErrorCode, message: String| {
@@ -581,7 +589,7 @@ fn read_requests(
                 Outgoing::Now(Reply::Ready {
                     role,
                     dim: shared.dim as u64,
-                    samples: shared.acknowledged.load(Ordering::SeqCst),
+                    samples: shared.producer.samples(),
                 })
             }
             Request::Open { dim, dtype } => Outgoing::Now(if dim != shared.dim as u64 {
@@ -597,16 +605,50 @@ fn read_requests(
             } else {
                 session = Some((shared.dim, dtype));
                 Reply::Opened {
-                    samples: shared.acknowledged.load(Ordering::SeqCst),
+                    samples: shared.producer.samples(),
+                }
+            }),
+            Request::Resume { dim, dtype, session: id } => Outgoing::Now(if dim != shared.dim as u64 {
+                fatal(
+                    ErrorCode::Session,
+                    format!(
+                        "the server's state has dimension {}, the client sends {dim}",
+                        shared.dim
+                    ),
+                )
+            } else if session.is_some() {
+                fatal(ErrorCode::Session, "a second OPEN on one connection".into())
+            } else {
+                match shared.producer.open_session(id) {
+                    Ok(opened) => {
+                        session = Some((shared.dim, dtype));
+                        numbering = Some(Numbering {
+                            session: id,
+                            next: None,
+                            opened_at: opened.last,
+                        });
+                        Reply::Resumed {
+                            samples: shared.producer.samples(),
+                            known: opened.known,
+                            last: opened.last,
+                            evicted: opened.evicted,
+                        }
+                    }
+                    Err(e) => fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}")),
                 }
             }),
             // `Request::decode` checked the shape; `send` checks the values in the same pass
             // that lays the batch out, and a bad one closes the connection as before.
-            Request::Batch { seq, batch } => {
-                let rows = batch.rows() as u64;
-                queue(shared, rows, Reply::Ack(seq), |p| p.send(Arc::new(batch)))
-            }
-            Request::BeginTask => queue(shared, 0, Reply::TaskBegun, Producer::begin_task),
+            Request::Batch { seq, batch } => match numbering.as_mut() {
+                None => queue(shared, Reply::Ack(seq), |p| p.send(Arc::new(batch))),
+                Some(numbering) => match numbering.check(seq) {
+                    Ok(()) => queue(shared, Reply::Ack(seq), |p| {
+                        p.send_tagged(Arc::new(batch), numbering.session, seq)
+                    }),
+                    Err(message) => return refuse(ErrorCode::Session, message),
+                },
+            },
+            Request::BeginTask => queue(shared, Reply::TaskBegun, Producer::begin_task),
             // The snapshots behind these include every batch queued above on this
             // connection (the reducer's queue is FIFO), acknowledged yet or not.
             Request::Solve(json) => Outgoing::Now(solve(shared, &json)),
@@ -627,8 +669,43 @@ fn read_requests(
     }
 }
 
+/// The batch numbers of a resumed session on one connection: they run on by one from the
+/// first, which may repeat batches the ledger holds but may not skip one.
+struct Numbering {
+    session: u64,
+    /// The number the next batch must carry (none before the first batch).
+    next: Option<u64>,
+    /// The session's last applied batch when the connection opened it.
+    opened_at: u64,
+}
+
+impl Numbering {
+    fn check(&mut self, seq: u64) -> Result<(), String> {
+        let ok = match self.next {
+            Some(next) => seq == next,
+            None => (1..=self.opened_at.saturating_add(1)).contains(&seq),
+        };
+        if !ok {
+            return Err(match self.next {
+                Some(next) => format!(
+                    "batch {seq} of session {:016x}: the batches of a session are numbered one after another, and {next} comes next on this connection",
+                    self.session
+                ),
+                None => format!(
+                    "batch {seq} of session {:016x}: the server holds its batches up to {}, so a resumed session starts at {} or earlier",
+                    self.session,
+                    self.opened_at,
+                    self.opened_at.saturating_add(1)
+                ),
+            });
+        }
+        self.next = Some(seq + 1);
+        Ok(())
+    }
+}
+
 /// Whether a connection in `phase` may make `request`: HELLO first, then AUTH, then what the
-/// role allows (push: OPEN and BATCH; admin: everything). The error closes the connection.
+/// role allows (push: OPEN, RESUME, BATCH and SYNC; admin: everything). The error closes the connection.
 ///
 /// Checked on the frame's kind, before its body is decoded. A kind that is no request passes:
 /// decoding refuses it.
@@ -637,6 +714,7 @@ fn admit(phase: Phase, frame_kind: u8) -> Result<(), (ErrorCode, String)> {
         kind::HELLO => "HELLO",
         kind::AUTH => "AUTH",
         kind::OPEN => "OPEN",
+        kind::RESUME => "RESUME",
         kind::BATCH => "BATCH",
         kind::BEGIN_TASK => "BEGIN_TASK",
         kind::SOLVE => "SOLVE",
@@ -652,11 +730,12 @@ fn admit(phase: Phase, frame_kind: u8) -> Result<(), (ErrorCode, String)> {
         )),
         (Phase::Welcomed, _) => session(format!("AUTH must follow HELLO, not {name}")),
         (Phase::Ready(_), kind::HELLO | kind::AUTH) => session(format!("a second {name} on one connection")),
-        (Phase::Ready(_), kind::OPEN | kind::BATCH) | (Phase::Ready(Role::Admin), _) => Ok(()),
+        (Phase::Ready(_), kind::OPEN | kind::RESUME | kind::BATCH | kind::SYNC)
+        | (Phase::Ready(Role::Admin), _) => Ok(()),
         (Phase::Ready(role), _) => Err((
             ErrorCode::Forbidden,
             format!(
-                "this connection's token has the role `{role}`, which may only send batches; {name} needs an `admin` token"
+                "this connection's token has the role `{role}`, which may only send batches and sync them; {name} needs an `admin` token"
             ),
         )),
     }
@@ -664,14 +743,11 @@ fn admit(phase: Phase, frame_kind: u8) -> Result<(), (ErrorCode, String)> {
 
 /// Writes replies in request order, each acknowledgement once its batch is applied. Stops at
 /// a fatal reply or a failed write, closing the connection so that the reader stops too.
-fn write_replies(mut writer: Conn, replies: Receiver<Outgoing>, shared: &Shared) {
+fn write_replies(mut writer: Conn, replies: Receiver<Outgoing>) {
     for next in replies.iter() {
         let reply = match next {
-            Outgoing::Applied { applied, rows, reply } => match applied.wait() {
-                Ok(()) => {
-                    shared.acknowledged.fetch_add(rows, Ordering::SeqCst);
-                    reply
-                }
+            Outgoing::Applied { applied, reply } => match applied.wait() {
+                Ok(()) => reply,
                 Err(e) => fatal(ErrorCode::Unavailable, format!("the reducer stopped: {e}")),
             },
             Outgoing::Now(reply) => reply,
@@ -703,7 +779,6 @@ fn send(writer: &mut Conn, reply: &Reply) -> std::io::Result<()> {
 /// is covered by the final checkpoint.
 fn queue(
     shared: &Shared,
-    rows: u64,
     reply: Reply,
     apply: impl FnOnce(&Producer) -> Result<(), PipelineError>,
 ) -> Outgoing {
@@ -715,7 +790,7 @@ fn queue(
         ));
     }
     match apply(&shared.producer).and_then(|()| shared.producer.mark()) {
-        Ok(applied) => Outgoing::Applied { applied, rows, reply },
+        Ok(applied) => Outgoing::Applied { applied, reply },
         // Refused before it was queued: the state is untouched; the connection closes.
         Err(PipelineError::Batch(e)) => {
             Outgoing::Now(fatal(ErrorCode::BadBatch, format!("batch refused: {e}")))
