@@ -146,11 +146,7 @@ impl Ledger {
 
     /// The ledger's serialisable form.
     pub fn to_parts(&self) -> LedgerParts {
-        let mut sessions: Vec<_> = self
-            .entries
-            .iter()
-            .map(|(&id, e)| (id, e.last, e.used))
-            .collect();
+        let mut sessions: Vec<_> = self.entries.iter().map(|(&id, e)| (id, e.last, e.used)).collect();
         sessions.sort_unstable();
         LedgerParts {
             sessions,
@@ -250,6 +246,10 @@ mod tests {
             clock: 2,
             evicted: 0,
         };
-        assert!(Ledger::from_parts(future).unwrap_err().contains("after the ledger's clock"));
+        assert!(
+            Ledger::from_parts(future)
+                .unwrap_err()
+                .contains("after the ledger's clock")
+        );
     }
 }

@@ -320,7 +320,8 @@ pub fn decode_with_ledger(bytes: &[u8], origin: &Path) -> Result<(Stats, Ledger)
     let (ledger, used) = if version >= 4 {
         let (ledger, more): (LedgerParts, usize) =
             bincode::serde::decode_from_slice(&payload[used..], bincode_config()).map_err(undecodable)?;
-        let ledger = Ledger::from_parts(ledger).map_err(|reason| SnapshotError::Invalid { path: path(), reason })?;
+        let ledger =
+            Ledger::from_parts(ledger).map_err(|reason| SnapshotError::Invalid { path: path(), reason })?;
         (ledger, used + more)
     } else {
         (Ledger::new(), used)
@@ -386,7 +387,7 @@ pub fn write(path: &Path, stats: &Stats) -> Result<(), SnapshotError> {
     write_with_ledger(path, stats, &Ledger::new())
 }
 
-/// Writes a state file with a session ledger, atomically as [`write`] does.
+/// Writes a state file with a session ledger, atomically as [`write()`] does.
 ///
 /// # Errors
 /// [`SnapshotError::Io`].

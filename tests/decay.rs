@@ -402,11 +402,11 @@ fn version_1_state_files_read_with_weights_equal_to_counts() {
     relabelled[36..40].copy_from_slice(&crc.to_le_bytes());
     let err = snapshot::decode(&relabelled, std::path::Path::new("x.hs")).unwrap_err();
     assert!(err.to_string().contains("x.hs"), "{err}");
-    // Version 4 is named as unknown.
+    // Version 5 is named as unknown.
     let mut future = bytes;
-    future[8..12].copy_from_slice(&4u32.to_le_bytes());
+    future[8..12].copy_from_slice(&5u32.to_le_bytes());
     let crc = crc32fast::hash(&future[..36]);
     future[36..40].copy_from_slice(&crc.to_le_bytes());
     let err = snapshot::decode(&future, std::path::Path::new("new.hs")).unwrap_err();
-    assert!(err.to_string().contains("reads versions 1 to 3"), "{err}");
+    assert!(err.to_string().contains("reads versions 1 to 4"), "{err}");
 }

@@ -90,13 +90,13 @@ fn flipped_bits_are_caught_by_the_checksums() {
 #[test]
 fn other_versions_dimensions_and_files_are_refused_clearly() {
     let mut bytes = snapshot::encode(&sample_state());
-    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&5u32.to_le_bytes());
     let header_crc = crc32fast::hash(&bytes[..36]);
     bytes[36..40].copy_from_slice(&header_crc.to_le_bytes());
     let err = decode(&bytes).unwrap_err();
     assert!(
         err.to_string()
-            .contains("version 4, but this build reads versions 1 to 3"),
+            .contains("version 5, but this build reads versions 1 to 4"),
         "{err}"
     );
 

@@ -1,6 +1,6 @@
 //! Any bytes given to the state-file decoder yield a state or a `SnapshotError`, never a panic
-//! or a huge allocation; every state that decodes encodes to bytes that decode to an equal
-//! state. Run: `cargo +nightly fuzz run snapshot_reader`.
+//! or a huge allocation; every state (and session ledger, format 4) that decodes encodes to
+//! bytes that decode to an equal one. Run: `cargo +nightly fuzz run snapshot_reader`.
 //!
 //! Input layout: byte 0 holds flags, the rest is the state file.
 //! - bit 0 clear: the file is decoded as it is (the checksums guard everything past them).
@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use headstart::snapshot::{HEADER_LEN, decode, encode};
+use headstart::snapshot::{HEADER_LEN, decode, decode_with_ledger, encode_with_ledger};
 use libfuzzer_sys::fuzz_target;
 
 /// bincode 2's standard varint for an unsigned integer.
@@ -58,13 +58,15 @@ fuzz_target!(|data: &[u8]| {
     if flags & 1 != 0 {
         repair(&mut file, flags);
     }
-    let Ok(stats) = decode(&file, Path::new("fuzz")) else {
+    let Ok((stats, ledger)) = decode_with_ledger(&file, Path::new("fuzz")) else {
+        assert!(decode(&file, Path::new("fuzz")).is_err(), "decode and decode_with_ledger agree");
         return;
     };
-    let encoded = encode(&stats);
-    let back = decode(&encoded, Path::new("fuzz")).expect("an encoded state decodes");
+    let encoded = encode_with_ledger(&stats, &ledger);
+    let (back, back_ledger) = decode_with_ledger(&encoded, Path::new("fuzz")).expect("an encoded state decodes");
     assert_eq!(back, stats);
-    assert_eq!(encode(&back), encoded, "encoding is deterministic");
+    assert_eq!(back_ledger, ledger);
+    assert_eq!(encode_with_ledger(&back, &back_ledger), encoded, "encoding is deterministic");
     assert_eq!(back.dim(), stats.dim());
     assert_eq!(back.samples(), stats.samples());
 });

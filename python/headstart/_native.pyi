@@ -173,6 +173,7 @@ class Client:
         tls_ca: Optional[_Path] = None,
         timeout: Optional[float] = 60.0,
         window: int = 8,
+        reconnect: Optional[float] = 60.0,
     ) -> None:
         """Connects to "HOST:PORT" or "unix:PATH" and runs the TLS and token handshakes.
 
@@ -180,7 +181,11 @@ class Client:
         environment variable HEADSTART_TOKEN, else none; `tls_ca`: a PEM file of the CA that
         signed the server's certificate (`headstart certs`), for TLS; `timeout`: seconds for
         the connection and each later read or write (None: forever); `window`: batches `push`
-        may leave awaiting their acknowledgement."""
+        may leave awaiting their acknowledgement; `reconnect`: seconds a call keeps
+        reconnecting after the connection drops (0 or None: none). With it the session is
+        resumable and each batch is applied exactly once: batches are kept until `sync` makes
+        them durable, and after a drop or a server restart the client resumes and sends again
+        what the server lacks (docs/protocol.md, "Exactly-once pushes")."""
     def push(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Sends (B, dim) float32/float64 features and (B,) integer labels; the first push opens
         the session in the array's dtype, later ones are converted to it. Bad arrays (shape,
@@ -192,7 +197,8 @@ class Client:
     def begin_task(self) -> None:
         """Marks a task boundary on the server (admin)."""
     def sync(self) -> int:
-        """Returns once every acknowledged batch is in the state file: its sample count (admin)."""
+        """Returns once every acknowledged batch is in the state file: its sample count (push or
+        admin). Drops the batches kept for resending."""
     def stats(self) -> dict[str, Any]:
         """The server's state summary: dim, samples, classes (id -> count), tasks_begun,
         task_samples, ... (admin)."""
@@ -224,6 +230,12 @@ class Client:
     @property
     def sent(self) -> int:
         """Batches pushed (acknowledged or not)."""
+    @property
+    def reconnects(self) -> int:
+        """Times the client reconnected and resumed its session."""
+    @property
+    def unsynced(self) -> int:
+        """Pushed batches kept for resending until a `sync`."""
     @property
     def role(self) -> str:
         """"push" or "admin" (also on a server without tokens)."""

@@ -19,7 +19,7 @@ use headstart::export;
 use headstart::net::auth::{AuthError, Token};
 use headstart::net::protocol::Dtype;
 use headstart::net::tls::TlsError;
-use headstart::net::{Address, Client, ClientError, ClientOptions, DEFAULT_WINDOW, SolveRequest};
+use headstart::net::{Address, Client, ClientError, ClientOptions, DEFAULT_WINDOW, Reconnect, SolveRequest};
 use headstart::solve::{Form, Lambda, Scope};
 use headstart::stats::Batch;
 use numpy::PyUntypedArrayMethods;
@@ -220,13 +220,22 @@ impl State {
 /// A connection to `headstart serve` (the stream feed): pushes batches of features, marks
 /// task boundaries, syncs the state file, reads its summary and solves heads on the server.
 ///
-/// `Client(address, token=None, token_file=None, tls_ca=None, timeout=60.0, window=8)`:
+/// `Client(address, token=None, token_file=None, tls_ca=None, timeout=60.0, window=8, reconnect=60.0)`:
 /// `address` is "HOST:PORT" or "unix:PATH"; the token is `token`, else the first token of
 /// `token_file` (a private file, mode 0600), else the environment variable HEADSTART_TOKEN, else
 /// none (sent only when the server asks for one); `tls_ca` (a PEM file of the CA that signed
 /// the server's certificate, e.g. from `headstart certs`) connects with TLS; `timeout` bounds
 /// the connection and every later read or write, in seconds (None: forever); `window`
-/// batches may await their acknowledgement (see `push`).
+/// batches may await their acknowledgement (see `push`); `reconnect` is how many seconds a
+/// call keeps reconnecting after the connection drops (0 or None: it fails at once).
+///
+/// With `reconnect` (the default), the session is resumable and every pushed batch is applied
+/// exactly once: the client keeps each batch until a `sync` makes it durable (it syncs by
+/// itself beyond 256 MiB of kept batches), and after a dropped connection, a timeout or a
+/// server restart the next call reconnects, resumes the session and sends again each batch the
+/// server lacks; the server skips any it holds already. `reconnects` counts the resumptions.
+/// It raises `ConnectionError` if the server cannot resume without applying a batch twice or
+/// losing one (docs/protocol.md, "Exactly-once pushes").
 ///
 /// The connection, TLS and token handshakes happen here: a refused token raises `ServerError`
 /// with code "Unauthorized", a TLS client against a plaintext server (or the other way round)
@@ -287,8 +296,11 @@ fn batch_in(rows: OwnedRows, labels: Vec<i64>, dtype: Dtype) -> Batch {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (address, token = None, token_file = None, tls_ca = None, timeout = Some(60.0), window = DEFAULT_WINDOW))]
-    #[pyo3(text_signature = "(address, token=None, token_file=None, tls_ca=None, timeout=60.0, window=8)")]
+    #[pyo3(signature = (address, token = None, token_file = None, tls_ca = None, timeout = Some(60.0), window = DEFAULT_WINDOW, reconnect = Some(60.0)))]
+    #[pyo3(
+        text_signature = "(address, token=None, token_file=None, tls_ca=None, timeout=60.0, window=8, reconnect=60.0)"
+    )]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         address: &str,
@@ -297,6 +309,7 @@ impl PyClient {
         tls_ca: Option<PathBuf>,
         timeout: Option<f64>,
         window: usize,
+        reconnect: Option<f64>,
     ) -> PyResult<Self> {
         let parsed: Address = address.parse().map_err(value_error)?;
         let window = window_arg(window)?;
@@ -305,9 +318,23 @@ impl PyClient {
             (Some(t), None) => Some(Token::new(t).map_err(auth_error)?),
             (None, file) => Token::for_client(file.as_deref()).map_err(auth_error)?,
         };
+        let reconnect = match reconnect {
+            None => None,
+            Some(0.0) => None,
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(value_error(format!(
+                    "reconnect must be a number of seconds > 0, or 0 or None for no reconnecting; got {s}"
+                )));
+            }
+            Some(s) => duration(Some(s))?.map(|patience| Reconnect {
+                patience,
+                ..Reconnect::default()
+            }),
+        };
         let mut options = ClientOptions {
             timeout: duration(timeout)?,
             token,
+            reconnect,
             ..ClientOptions::default()
         };
         if let Some(ca) = &tls_ca {
@@ -399,7 +426,8 @@ impl PyClient {
     }
 
     /// Returns once every batch acknowledged so far (on any connection) is in the state file:
-    /// the number of samples the file holds. Needs an admin token on a server with tokens.
+    /// the number of samples the file holds; the batches kept for resending are then dropped.
+    /// A push token may sync.
     fn sync(&self, py: Python<'_>) -> PyResult<u64> {
         self.with_state(py, |state, address| state.call(address, Client::sync))
     }
@@ -519,8 +547,20 @@ impl PyClient {
         self.quick(py, |s| s.counts().0)
     }
 
-    /// What the server granted this connection: "push" (batches only) or "admin" (everything;
-    /// also on a server without tokens).
+    /// Times the client reconnected and resumed its session after a dropped connection.
+    #[getter]
+    fn reconnects(&self, py: Python<'_>) -> u64 {
+        self.quick(py, |s| s.client.as_ref().map_or(0, Client::reconnects))
+    }
+
+    /// Pushed batches kept for resending (not yet made durable by a `sync`).
+    #[getter]
+    fn unsynced(&self, py: Python<'_>) -> usize {
+        self.quick(py, |s| s.client.as_ref().map_or(0, Client::unsynced))
+    }
+
+    /// What the server granted this connection: "push" (batches, and syncing them) or "admin"
+    /// (everything; also on a server without tokens).
     #[getter]
     fn role(&self) -> &'static str {
         self.role

@@ -382,6 +382,57 @@ def test_a_checkpoint_at_sigterm_and_a_restart_on_a_unix_socket(servers, tmp_pat
         check_head(c.solve(lam=LAMBDA), x, y, np.unique(y))
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_client_resumes_after_a_server_kill_and_applies_every_batch_once(servers, tmp_path):
+    state = tmp_path / "resume.hs"
+    listen = f"127.0.0.1:{free_port()}"
+    proc, address = servers.start(state=state, listen=listen, extra=["--quiet"])
+    batches = make_batches(21, 12)
+    c = connect(address)
+    for x, y in batches[:4]:
+        c.push(x, y)
+    assert c.sync() == sum(len(y) for _, y in batches[:4])
+    assert c.unsynced == 0
+    for x, y in batches[4:8]:
+        c.push(x, y)
+    c.flush()
+    assert c.unsynced == 4
+    # SIGKILL: batches 5 to 8 were acknowledged but never made durable.
+    proc.kill()
+    proc.wait(timeout=TIMEOUT)
+    servers.start(state=state, listen=listen, extra=["--quiet"])
+    for x, y in batches[8:]:
+        c.push(x, y)
+    n = sum(len(y) for _, y in batches)
+    assert c.sync() == n
+    assert c.reconnects == 1 and c.acknowledged == 12
+    stats = c.stats()
+    assert stats["samples"] == n and stats["resent_skipped"] == 0
+    x = np.vstack([x for x, _ in batches])
+    y = np.concatenate([y for _, y in batches])
+    check_head(c.solve(lam=LAMBDA), x, y, np.unique(y))
+    c.close()
+
+    # Without reconnecting, a dropped connection fails the call.
+    proc, address = servers.start(extra=["--quiet"])
+    plain = connect(address, reconnect=0)
+    plain.push(*batches[0])
+    plain.flush()
+    proc.kill()
+    proc.wait(timeout=TIMEOUT)
+    with pytest.raises(ConnectionError):
+        plain.push(*batches[1])
+        plain.flush()
+    plain.close()
+    with pytest.raises(ValueError, match="reconnect"):
+        Client(address, reconnect=-1.0)
+
+
 def test_close_and_the_context_manager(server):
     _, address = server
     x, y = make_batches(12, 1)[0]
@@ -482,8 +533,13 @@ def test_a_push_token_pushes_and_nothing_more(token_server, monkeypatch):
     samples = admin.stats()["samples"]
     assert samples == len(y)
 
-    # Every request beyond batches is refused, closing that connection; the state is unchanged.
-    for request in ("solve", "sync", "stats", "begin_task"):
+    # A push token may sync (a resumable session learns what is durable that way).
+    with connect(address, token=PUSH_TOKEN) as p:
+        assert p.sync() == samples
+
+    # Every other request beyond batches is refused, closing that connection; the state is
+    # unchanged.
+    for request in ("solve", "stats", "begin_task"):
         p = connect(address, token=PUSH_TOKEN)
         with pytest.raises(ServerError) as info:
             getattr(p, request)()

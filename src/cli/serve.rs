@@ -73,7 +73,7 @@ const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
 /// As [`parse_seconds`], and 0 (meaning "off").
 fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
-        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        Ok(0.0) => Ok(Duration::ZERO),
         _ => parse_seconds(text),
     }
 }

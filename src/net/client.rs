@@ -99,7 +99,9 @@ pub enum ClientError {
     /// The connection dropped and reconnecting failed for the whole of the client's patience
     /// ([`Reconnect::patience`]); the batches not acknowledged are kept, and a later call
     /// tries again.
-    #[error("{address}: the connection dropped and reconnecting failed for {after:?} ({attempts} attempts; last: {last})")]
+    #[error(
+        "{address}: the connection dropped and reconnecting failed for {after:?} ({attempts} attempts; last: {last})"
+    )]
     GaveUp {
         /// The server's address.
         address: String,
@@ -324,8 +326,19 @@ impl Client {
         if timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::Usage("a client timeout must be more than 0".into()));
         }
+        // With reconnecting, a server that is down or restarting is waited for.
+        with_patience(address, options.reconnect, || {
+            let mut client = Client::dialled(address, options)?;
+            client.handshake()?;
+            Ok(client)
+        })
+    }
+
+    /// A client on a new connection, before the handshake.
+    fn dialled(address: &Address, options: &ClientOptions) -> Result<Client, ClientError> {
+        let timeout = options.timeout;
         let (reader, writer) = dial(address, options)?;
-        let mut client = Client {
+        Ok(Client {
             address: address.clone(),
             reader,
             writer,
@@ -342,9 +355,7 @@ impl Client {
             resumable: None,
             max_unsynced_bytes: DEFAULT_MAX_UNSYNCED_BYTES,
             reconnects: 0,
-        };
-        client.handshake()?;
-        Ok(client)
+        })
     }
 
     fn handshake(&mut self) -> Result<(), ClientError> {
@@ -517,33 +528,16 @@ impl Client {
             return Err(error);
         }
         self.writer.shutdown();
-        let started = Instant::now();
-        let mut wait = reconnect.first_wait;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match self.reopen() {
-                Ok(()) => {
-                    self.reconnects += 1;
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() && started.elapsed() + wait < reconnect.patience => {
-                    self.writer.shutdown();
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(reconnect.max_wait);
-                }
-                Err(e) if e.is_transient() => {
-                    self.writer.shutdown();
-                    return Err(ClientError::GaveUp {
-                        address: self.address.to_string(),
-                        after: started.elapsed(),
-                        attempts,
-                        last: Box::new(e),
-                    });
-                }
-                Err(e) => return Err(e),
+        let address = self.address.clone();
+        with_patience(&address, Some(reconnect), || {
+            let reopened = self.reopen();
+            if reopened.is_err() {
+                self.writer.shutdown();
             }
-        }
+            reopened
+        })?;
+        self.reconnects += 1;
+        Ok(())
     }
 
     /// Connects again, resumes the session and sends the kept batches the server lacks.
@@ -666,7 +660,17 @@ impl Client {
                 dtype,
                 session,
             };
-            return match self.call(&request, "RESUME")? {
+            // Registering a session twice is harmless: a dropped connection is made again.
+            let mut first = true;
+            let reply = with_patience(&self.address.clone(), self.options.reconnect, || {
+                if !std::mem::take(&mut first) {
+                    let (reader, writer) = dial(&self.address, &self.options)?;
+                    (self.reader, self.writer) = (reader, writer);
+                    self.handshake()?;
+                }
+                self.call(&request, "RESUME")
+            })?;
+            return match reply {
                 Reply::Resumed { samples, evicted, .. } => {
                     self.session = Some((dim, dtype));
                     self.resumable = Some(Resumable {
@@ -754,7 +758,12 @@ impl Client {
     /// `push` in a resumable session: the batch is kept until a SYNC makes it durable, and a
     /// dropped connection is resumed instead of failing the call.
     fn push_resumable(&mut self, batch: &Batch) -> Result<(), ClientError> {
-        let bytes = batch.features.len() * if matches!(batch.features, Features::F32(_)) { 4 } else { 8 };
+        let bytes = batch.features.len()
+            * if matches!(batch.features, Features::F32(_)) {
+                4
+            } else {
+                8
+            };
         let kept_bytes = self.resumable.as_ref().map_or(0, |r| r.kept_bytes);
         if kept_bytes > 0 && kept_bytes + bytes > self.max_unsynced_bytes {
             self.sync()?;
@@ -931,6 +940,40 @@ impl Drop for Client {
     }
 }
 
+/// Runs `attempt` until it succeeds, or fails with an error a reconnect does not cure, or
+/// (with `reconnect`) until the patience runs out: waits from `first_wait` doubling to
+/// `max_wait` between attempts. Without `reconnect`, runs it once.
+fn with_patience<T>(
+    address: &Address,
+    reconnect: Option<Reconnect>,
+    mut attempt: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let Some(reconnect) = reconnect else {
+        return attempt();
+    };
+    let started = Instant::now();
+    let mut wait = reconnect.first_wait;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt() {
+            Err(e) if e.is_transient() => {
+                if started.elapsed() + wait >= reconnect.patience {
+                    return Err(ClientError::GaveUp {
+                        address: address.to_string(),
+                        after: started.elapsed(),
+                        attempts,
+                        last: Box::new(e),
+                    });
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(reconnect.max_wait);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connects, with TLS if the options say so: the reader and the writer of the connection.
 fn dial(address: &Address, options: &ClientOptions) -> Result<(BufReader<Conn>, Conn), ClientError> {
     let timeout = options.timeout;
@@ -943,7 +986,8 @@ fn dial(address: &Address, options: &ClientOptions) -> Result<(BufReader<Conn>, 
             reason,
         })?;
         conn = Conn::Tls(Box::new(
-            TlsStream::connect(Arc::clone(config), name, conn).map_err(|e| handshake_error(address, timeout, e))?,
+            TlsStream::connect(Arc::clone(config), name, conn)
+                .map_err(|e| handshake_error(address, timeout, e))?,
         ));
     }
     let writer = conn.try_clone().map_err(io)?;

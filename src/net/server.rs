@@ -608,7 +608,11 @@ fn read_requests(
                     samples: shared.producer.samples(),
                 }
             }),
-            Request::Resume { dim, dtype, session: id } => Outgoing::Now(if dim != shared.dim as u64 {
+            Request::Resume {
+                dim,
+                dtype,
+                session: id,
+            } => Outgoing::Now(if dim != shared.dim as u64 {
                 fatal(
                     ErrorCode::Session,
                     format!(
@@ -850,6 +854,7 @@ fn stats(shared: &Shared) -> Reply {
                 "classes": classes,
                 "task_classes": state.task_classes(),
                 "connections": shared.connections.load(Ordering::SeqCst),
+                "resent_skipped": shared.producer.duplicates(),
                 "state_file": shared.config.state_path.display().to_string(),
             });
             Reply::Stats(summary.to_string())

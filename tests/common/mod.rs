@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub mod crash;
+pub mod proxy;
 
 /// Relative tolerance for f64 solves against the brute-force reference.
 pub const SOLVE_REL_TOL: f64 = 1e-9;
