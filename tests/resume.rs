@@ -257,8 +257,13 @@ fn headstart_push_resumes_through_cut_connections_and_every_row_lands_once() {
     headstart::ingest::npy::write_i64(&y_path, &y).unwrap();
     let done = std::sync::Arc::new(AtomicBool::new(false));
     let cutter = {
-        let (proxy, done) = (proxy.clone(), done.clone());
+        let (proxy, done, direct) = (proxy.clone(), done.clone(), serve.address.clone());
         std::thread::spawn(move || {
+            // The first connection is not retried: cut only once the push's session is open
+            // and applying batches.
+            while samples(&direct) == 0 && !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             while !done.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
                 proxy.cut();

@@ -103,7 +103,9 @@ impl CallError {
 fn breaks_connection(e: &ClientError) -> bool {
     match e {
         ClientError::Server { fatal, .. } => *fatal,
-        ClientError::Usage(_) => false,
+        // A resumable session that could not reconnect yet keeps its batches: a later call
+        // tries again.
+        ClientError::Usage(_) | ClientError::GaveUp { .. } => false,
         _ => true,
     }
 }

@@ -326,12 +326,11 @@ impl Client {
         if timeout.is_some_and(|t| t.is_zero()) {
             return Err(ClientError::Usage("a client timeout must be more than 0".into()));
         }
-        // With reconnecting, a server that is down or restarting is waited for.
-        with_patience(address, options.reconnect, || {
-            let mut client = Client::dialled(address, options)?;
-            client.handshake()?;
-            Ok(client)
-        })
+        // The first connection is not retried: a wrong address or a server that is down
+        // fails at once. Once a resumable session is open, a dropped connection is resumed.
+        let mut client = Client::dialled(address, options)?;
+        client.handshake()?;
+        Ok(client)
     }
 
     /// A client on a new connection, before the handshake.
