@@ -11,7 +11,8 @@
 #
 # Environment:
 #   FUZZ_BUILD_FLAGS  flags for `cargo fuzz build/run` (default: --debug-assertions, which
-#                     turns on overflow checks and debug_assert!s in the library)
+#                     turns on overflow checks and debug_assert!s in the library; CI uses
+#                     --dev, an unoptimised build that compiles in a third of the time)
 #   FUZZ_ARGS         extra libFuzzer flags (default: -timeout=20 -rss_limit_mb=2048)
 set -uo pipefail
 
