@@ -205,6 +205,14 @@ fn a_client_resends_after_a_cut_and_a_kill_what_the_server_lacks_and_nothing_els
     let synced = c.sync().unwrap();
     assert_eq!(synced, 12 * 7);
     assert_eq!(c.reconnects(), 2);
+    // SOLVE and STATS are sent again after a reconnect too, with or without a session.
+    let mut reader = Client::connect_with(&proxy.address.parse().unwrap(), &resuming()).unwrap();
+    assert_eq!(reader.stats().unwrap()["samples"].as_u64(), Some(12 * 7));
+    proxy.cut();
+    assert_eq!(c.stats().unwrap()["samples"].as_u64(), Some(12 * 7));
+    assert_eq!(reader.stats().unwrap()["samples"].as_u64(), Some(12 * 7));
+    assert_eq!((c.reconnects(), reader.reconnects()), (3, 1));
+    drop(reader);
     assert!(serve.signal("-TERM").success());
     assert_eq!(
         snapshot::read(&state).unwrap(),

@@ -199,7 +199,9 @@ pub struct ClientOptions {
     /// Connect with TLS, trusting this configuration's CA ([`tls::client_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Open resumable sessions, and reconnect this way when the connection drops (none: a
-    /// plain session, and a dropped connection fails the call). See [`Client::open`].
+    /// plain session, and a dropped connection fails the call). See [`Client::open`]. After
+    /// a reconnect, SYNC, SOLVE and STATS are sent again; BEGIN_TASK is not (it may or may
+    /// not have been applied: the call fails). The first connection is not retried.
     pub reconnect: Option<Reconnect>,
 }
 
@@ -516,14 +518,15 @@ impl Client {
         self.max_unsynced_bytes = limit;
     }
 
-    /// Handles a failed read or write: without a resumable session, returns the error; with
-    /// one and a transient error, reconnects (with backoff, within the patience), resumes the
-    /// session and sends again every kept batch the server does not hold.
+    /// Handles a failed read or write: without [`ClientOptions::reconnect`], or for an error a
+    /// reconnect does not cure, returns the error; otherwise reconnects (with backoff, within
+    /// the patience), resumes the session if there is one and sends again every kept batch the
+    /// server does not hold.
     fn recover(&mut self, error: ClientError) -> Result<(), ClientError> {
         let Some(reconnect) = self.options.reconnect else {
             return Err(error);
         };
-        if self.resumable.is_none() || !error.is_transient() {
+        if !error.is_transient() {
             return Err(error);
         }
         self.writer.shutdown();
@@ -546,7 +549,10 @@ impl Client {
         self.writer = writer;
         self.unacked.clear();
         self.handshake()?;
-        let r = self.resumable.as_ref().expect("a resumable session");
+        // A connection without a session (STATS, SOLVE, SYNC only) has nothing to resume.
+        let Some(r) = self.resumable.as_ref() else {
+            return Ok(());
+        };
         let (session, durable, evicted_at_open) = (r.session, r.durable, r.evicted_at_open);
         let request = Request::Resume {
             dim: r.dim as u64,
@@ -788,6 +794,9 @@ impl Client {
 
     /// Marks a task boundary and returns once it is applied.
     ///
+    /// Not sent again after a reconnect: if the connection drops before the reply, the call
+    /// fails and the boundary may or may not be applied (STATS' `tasks_begun` tells).
+    ///
     /// # Errors
     /// [`ClientError`].
     pub fn begin_task(&mut self) -> Result<(), ClientError> {
@@ -803,27 +812,29 @@ impl Client {
     /// # Errors
     /// [`ClientError::Server`] with [`ErrorCode::Durability`] if the write failed.
     pub fn sync(&mut self) -> Result<u64, ClientError> {
+        match self.call_again(&Request::Sync, "SYNC")? {
+            Reply::Synced(samples) => {
+                // Every batch pushed was acknowledged before the reply: all durable now.
+                if let Some(r) = self.resumable.as_mut() {
+                    r.kept.clear();
+                    r.kept_bytes = 0;
+                    r.durable = self.seq;
+                }
+                Ok(samples)
+            }
+            other => Err(self.unexpected("SYNC", &other)),
+        }
+    }
+
+    /// [`call`](Client::call) for a request that may be sent twice (SYNC, SOLVE, STATS): with
+    /// [`ClientOptions::reconnect`], a dropped connection is made again (and the session
+    /// resumed) and the request sent again.
+    fn call_again(&mut self, request: &Request, what: &'static str) -> Result<Reply, ClientError> {
         loop {
-            let reply = match self.call(&Request::Sync, "SYNC") {
-                Ok(reply) => reply,
-                // A SYNC may be sent again: resume, then ask again.
-                Err(e) => {
-                    self.recover(e)?;
-                    continue;
-                }
-            };
-            return match reply {
-                Reply::Synced(samples) => {
-                    // Every batch pushed was acknowledged before the reply: all durable now.
-                    if let Some(r) = self.resumable.as_mut() {
-                        r.kept.clear();
-                        r.kept_bytes = 0;
-                        r.durable = self.seq;
-                    }
-                    Ok(samples)
-                }
-                other => Err(self.unexpected("SYNC", &other)),
-            };
+            match self.call(request, what) {
+                Ok(reply) => return Ok(reply),
+                Err(e) => self.recover(e)?,
+            }
         }
     }
 
@@ -833,7 +844,7 @@ impl Client {
     /// [`ClientError::Server`] with [`ErrorCode::Solve`] naming the problem.
     pub fn solve(&mut self, request: &SolveRequest) -> Result<Vec<u8>, ClientError> {
         let json = serde_json::to_string(request).expect("plain data serialises");
-        match self.call(&Request::Solve(json), "SOLVE")? {
+        match self.call_again(&Request::Solve(json), "SOLVE")? {
             Reply::Head(bytes) => Ok(bytes),
             other => Err(self.unexpected("SOLVE", &other)),
         }
@@ -844,7 +855,7 @@ impl Client {
     /// # Errors
     /// [`ClientError`].
     pub fn stats(&mut self) -> Result<serde_json::Value, ClientError> {
-        match self.call(&Request::Stats, "STATS")? {
+        match self.call_again(&Request::Stats, "STATS")? {
             Reply::Stats(json) => serde_json::from_str(&json).map_err(|e| ClientError::Unexpected {
                 address: self.address.to_string(),
                 request: "STATS",
