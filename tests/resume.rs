@@ -312,3 +312,56 @@ fn headstart_push_resumes_through_cut_connections_and_every_row_lands_once() {
     let err = common::rel_err(&gram(&held), &gram(&expected));
     assert!(err <= common::SUM_ORDER_REL_TOL, "Gram differs by {err:e}");
 }
+
+#[test]
+fn headstart_push_gives_up_after_its_patience_and_says_which_rows_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.hs");
+    let mut serve = Serve::start(&state, D, &[]);
+    let proxy = Proxy::start(&serve.address.to_string());
+    let rows = 200_000usize;
+    let (x, y) = common::labelled_data(32, rows, D, &[0, 1, 2]);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let (x_path, y_path) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    headstart::ingest::npy::write_f32(&x_path, &x32, rows, D).unwrap();
+    headstart::ingest::npy::write_i64(&y_path, &y).unwrap();
+    let push = std::process::Command::new(env!("CARGO_BIN_EXE_headstart"))
+        .args([
+            "push",
+            "--connect",
+            &proxy.address,
+            "--batch",
+            "10",
+            "--reconnect",
+            "1",
+        ])
+        .arg("--features")
+        .arg(&x_path)
+        .arg("--labels")
+        .arg(&y_path)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once batches are applied, the server dies for good.
+    while samples(&serve.address) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    serve.signal("-KILL");
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let out = push.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    eprintln!("{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("reconnecting failed for"), "{err}");
+    assert!(
+        err.contains("but only rows 0..0 are durable") && err.contains("were not yet synced"),
+        "{err}"
+    );
+}

@@ -377,16 +377,26 @@ fn stopped(e: anyhow::Error, client: &mut Client, args: &PushArgs, rows: u64) ->
     let batch = args.batch as u64;
     let acked = (args.skip_rows + client.acknowledged() * batch).min(rows);
     let in_flight = (args.skip_rows + client.sent() * batch).min(rows);
-    let mut context = format!(
-        "rows {}..{acked} of {} were acknowledged; resume with --skip-rows {acked}{}",
-        args.skip_rows,
-        args.input.features.display(),
-        if args.begin_task {
-            " (without --begin-task)"
-        } else {
-            ""
-        }
-    );
+    let task = if args.begin_task {
+        " (without --begin-task)"
+    } else {
+        ""
+    };
+    let durable = (args.skip_rows + client.durable() * batch).min(rows);
+    let mut context = if client.session().is_some() && durable < acked {
+        format!(
+            "rows {}..{acked} of {} were acknowledged, but only rows {}..{durable} are durable: rows {durable}..{acked} were not yet synced, and a server killed before its next checkpoint loses them. Check the server's sample count, then resume with --skip-rows {acked} if it holds them, or --skip-rows {durable} if not{task}",
+            args.skip_rows,
+            args.input.features.display(),
+            args.skip_rows,
+        )
+    } else {
+        format!(
+            "rows {}..{acked} of {} were acknowledged; resume with --skip-rows {acked}{task}",
+            args.skip_rows,
+            args.input.features.display(),
+        )
+    };
     if !settled && in_flight > acked {
         context += &format!(
             "; rows {acked}..{in_flight} were sent without an acknowledgement: each of those batches may or may not be applied, so check the server's sample count first"

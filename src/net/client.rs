@@ -506,6 +506,11 @@ impl Client {
         self.resumable.as_ref().map(|r| r.session)
     }
 
+    /// Batches of the resumable session a SYNC made durable (the first this many pushed).
+    pub fn durable(&self) -> u64 {
+        self.resumable.as_ref().map_or(0, |r| r.durable)
+    }
+
     /// Batches kept for resending: pushed since the last SYNC (acknowledged or not).
     pub fn unsynced(&self) -> usize {
         self.resumable.as_ref().map_or(0, |r| r.kept.len())
@@ -544,10 +549,23 @@ impl Client {
 
     /// Connects again, resumes the session and sends the kept batches the server lacks.
     fn reopen(&mut self) -> Result<(), ClientError> {
+        // The handshake's replies must not be taken for ACKs: the batches awaiting theirs are
+        // set aside, and stay unacknowledged if the attempt fails (only RESUMED says which of
+        // them the server holds).
+        let mut pending = std::mem::take(&mut self.unacked);
+        let resumed = self.resume_session(&mut pending);
+        if resumed.is_err() {
+            self.unacked = pending;
+        }
+        resumed
+    }
+
+    /// [`reopen`](Client::reopen)'s work; removes from `pending` the batches RESUMED says the
+    /// server holds.
+    fn resume_session(&mut self, pending: &mut VecDeque<u64>) -> Result<(), ClientError> {
         let (reader, writer) = dial(&self.address, &self.options)?;
         self.reader = reader;
         self.writer = writer;
-        self.unacked.clear();
         self.handshake()?;
         // A connection without a session (STATS, SOLVE, SYNC only) has nothing to resume.
         let Some(r) = self.resumable.as_ref() else {
@@ -591,6 +609,7 @@ impl Client {
             )));
         }
         // Send again, in order and within the window, every kept batch the server lacks.
+        pending.retain(|&seq| seq > held);
         // The kept batches are numbered one after another, oldest first.
         let (first, count) = {
             let kept = &self.resumable.as_ref().expect("a resumable session").kept;
