@@ -365,3 +365,51 @@ fn headstart_push_gives_up_after_its_patience_and_says_which_rows_are_durable() 
         "{err}"
     );
 }
+
+#[test]
+fn an_expanded_state_skips_a_resent_batch_too() {
+    use headstart::expand::Expansion;
+    use headstart::stats::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Expansion::new(D, 24, 3).unwrap();
+    let server = Server::start(
+        &"127.0.0.1:0".parse().unwrap(),
+        Stats::expanded(spec, Precision::Exact),
+        ServerConfig::new(dir.path().join("s.hs")),
+    )
+    .unwrap();
+    let address = server.address();
+    // 700 rows: expanded in chunks of 512 rows and a partial one.
+    let b = labelled_batches(5, 3, 700, D);
+    let (mut first, _) = raw_resume(&address, 5);
+    send_batch(&mut first, 1, &b[0]);
+    send_batch(&mut first, 2, &b[1]);
+    assert_eq!(
+        (reply(&mut first), reply(&mut first)),
+        (Reply::Ack(1), Reply::Ack(2))
+    );
+    drop(first);
+    let (mut second, resumed) = raw_resume(&address, 5);
+    assert!(matches!(resumed, Reply::Resumed { last: 2, .. }), "{resumed:?}");
+    send_batch(&mut second, 2, &b[1]);
+    send_batch(&mut second, 3, &b[2]);
+    assert_eq!(
+        (reply(&mut second), reply(&mut second)),
+        (Reply::Ack(2), Reply::Ack(3))
+    );
+    let held = server.shutdown().unwrap();
+    let mut expected = Stats::expanded(spec, Precision::Exact);
+    for batch in &b {
+        expected.update_batch(batch).unwrap();
+    }
+    assert_eq!(held.samples(), 2100);
+    let gram = |s: &Stats| -> Vec<f64> {
+        let g = s.gram(headstart::solve::Scope::All);
+        (0..24)
+            .flat_map(|i| (0..24).map(move |j| (i, j)))
+            .map(|(i, j)| g[(i, j)])
+            .collect()
+    };
+    let err = common::rel_err(&gram(&held), &gram(&expected));
+    assert!(err <= common::SUM_ORDER_REL_TOL, "Gram differs by {err:e}");
+}

@@ -369,8 +369,11 @@ fn stopped(e: anyhow::Error, client: &mut Client, args: &PushArgs, rows: u64) ->
     let client_error = e.chain().find_map(|c| c.downcast_ref::<ClientError>());
     // A batch refused before sending, or a file error: the server is fine, so the batches in
     // flight settle and the count below is exact. After a timeout or a refusal, they do not.
+    // A resumable session then also syncs, so that what was acknowledged is durable too.
     let settled = match client_error {
-        None | Some(ClientError::Usage(_)) => client.flush().is_ok(),
+        None | Some(ClientError::Usage(_)) => {
+            client.flush().is_ok() && (client.session().is_none() || client.sync().is_ok())
+        }
         Some(ClientError::Server { .. }) => true,
         Some(_) => false,
     };
