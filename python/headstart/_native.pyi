@@ -185,7 +185,9 @@ class Client:
         reconnecting after the connection drops (0 or None: none). With it the session is
         resumable and each batch is applied exactly once: batches are kept until `sync` makes
         them durable, and after a drop or a server restart the client resumes and sends again
-        what the server lacks (docs/protocol.md, "Exactly-once pushes")."""
+        what the server lacks (docs/protocol.md, "Exactly-once pushes"). `close()` flushes
+        but does not sync: call `sync()` first if the batches must survive a server crash
+        after the client is gone."""
     def push(self, features: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Sends (B, dim) float32/float64 features and (B,) integer labels; the first push opens
         the session in the array's dtype, later ones are converted to it. Bad arrays (shape,

@@ -236,6 +236,8 @@ impl State {
 /// itself beyond 256 MiB of kept batches), and after a dropped connection, a timeout or a
 /// server restart the next call reconnects, resumes the session and sends again each batch the
 /// server lacks; the server skips any it holds already. `reconnects` counts the resumptions.
+/// `close()` (and leaving a `with` block) flushes but does not sync: call `sync()` first if
+/// the batches must survive a server crash after the client is gone.
 /// It raises `ConnectionError` if the server cannot resume without applying a batch twice or
 /// losing one (docs/protocol.md, "Exactly-once pushes").
 ///
