@@ -233,7 +233,7 @@ impl State {
 ///
 /// With `reconnect` (the default), the session is resumable and every pushed batch is applied
 /// exactly once: the client keeps each batch until a `sync` makes it durable (it syncs by
-/// itself beyond 256 MiB of kept batches), and after a dropped connection, a timeout or a
+/// itself beyond 64 MiB of kept batches), and after a dropped connection, a timeout or a
 /// server restart the next call reconnects, resumes the session and sends again each batch the
 /// server lacks; the server skips any it holds already. `reconnects` counts the resumptions.
 /// `close()` (and leaving a `with` block) flushes but does not sync: call `sync()` first if
@@ -409,11 +409,11 @@ impl PyClient {
                         .map_err(|e| CallError::Value(format!("batch refused before sending: {e}")))?;
                     state.call(address, |c| c.open(cols, dtype))?;
                     state.session = Some((cols, dtype));
-                    return state.call(address, |c| c.push(&batch));
+                    return state.call(address, |c| c.push_owned(batch));
                 }
             };
             let batch = batch_in(rows, labels, dtype);
-            state.call(address, |c| c.push(&batch))
+            state.call(address, |c| c.push_owned(batch))
         })
     }
 

@@ -223,6 +223,10 @@ pub struct PushArgs {
     /// once. 0: no resuming, a dropped connection fails the push.
     #[arg(long, default_value = "60", value_parser = parse_seconds_or_zero)]
     reconnect: Duration,
+    /// MiB of pushed features kept for resending (with --reconnect) before push syncs by
+    /// itself: the client's memory is about this much beyond a batch.
+    #[arg(long, default_value_t = 64)]
+    max_unsynced_mib: usize,
     /// Start at this row (0-based), skipping the rows before it: after a push that failed
     /// saying "rows 0..N were acknowledged", `--skip-rows N` sends each remaining row once.
     #[arg(long, default_value_t = 0)]
@@ -310,6 +314,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut client = Client::connect_with(&address, &options)?;
     client.set_window(args.window);
+    client.set_max_unsynced_bytes(args.max_unsynced_mib.saturating_mul(1 << 20));
     client.open(x.dim(), dtype)?;
     if args.begin_task {
         client.begin_task()?;
@@ -321,7 +326,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
             let count = (args.batch as u64).min(rows - row);
             let batch = Batch::new(x.read_rows(row, count)?, y.read_rows(row, count)?);
             client
-                .push(&batch)
+                .push_owned(batch)
                 .with_context(|| format!("sending rows {row}..{}", row + count))?;
             row += count;
             batches += 1;

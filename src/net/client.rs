@@ -239,9 +239,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`Client::set_max_reply_bytes`]).
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 1 << 30;
 
-/// Feature bytes a resumable session keeps for resending before it syncs by itself, 256 MiB
+/// Feature bytes a resumable session keeps for resending before it syncs by itself, 64 MiB
 /// (see [`Client::set_max_unsynced_bytes`]).
-pub const DEFAULT_MAX_UNSYNCED_BYTES: usize = 256 << 20;
+pub const DEFAULT_MAX_UNSYNCED_BYTES: usize = 64 << 20;
 
 /// A resumable session: its id, and the batches it may still have to send again.
 struct Resumable {
@@ -517,7 +517,7 @@ impl Client {
     }
 
     /// Sets how many feature bytes a resumable session keeps for resending before
-    /// [`push`](Client::push) syncs by itself (default 256 MiB); the batches are dropped once
+    /// [`push`](Client::push) syncs by itself (default 64 MiB); the batches are dropped once
     /// a SYNC makes them durable.
     pub fn set_max_unsynced_bytes(&mut self, limit: usize) {
         self.max_unsynced_bytes = limit;
@@ -733,25 +733,32 @@ impl Client {
     /// is sent); [`ClientError::Server`] if the server refused this batch or an earlier
     /// unacknowledged one (the server then closes the connection).
     pub fn push(&mut self, batch: &Batch) -> Result<(), ClientError> {
+        self.push_cow(std::borrow::Cow::Borrowed(batch))
+    }
+
+    /// As [`push`](Client::push), taking the batch: a resumable session keeps it for
+    /// resending without copying it.
+    ///
+    /// # Errors
+    /// As [`push`](Client::push).
+    pub fn push_owned(&mut self, batch: Batch) -> Result<(), ClientError> {
+        self.push_cow(std::borrow::Cow::Owned(batch))
+    }
+
+    fn push_cow(&mut self, batch: std::borrow::Cow<'_, Batch>) -> Result<(), ClientError> {
+        use std::borrow::Cow;
         let (dim, dtype) = self
             .session
             .ok_or_else(|| ClientError::Usage("push needs a session: call open first".into()))?;
-        let converted;
         let batch = match (&batch.features, dtype) {
-            (Features::F64(v), Dtype::F32) => {
-                converted = Batch::new(
-                    v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
-                    batch.labels.clone(),
-                );
-                &converted
-            }
-            (Features::F32(v), Dtype::F64) => {
-                converted = Batch::new(
-                    v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>(),
-                    batch.labels.clone(),
-                );
-                &converted
-            }
+            (Features::F64(v), Dtype::F32) => Cow::Owned(Batch::new(
+                v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                batch.labels.clone(),
+            )),
+            (Features::F32(v), Dtype::F64) => Cow::Owned(Batch::new(
+                v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>(),
+                batch.labels.clone(),
+            )),
             _ => batch,
         };
         // Checked after the conversion: an f64 value beyond f32's range is refused here.
@@ -759,8 +766,9 @@ impl Client {
             .validate(dim)
             .map_err(|e| ClientError::Usage(format!("batch refused before sending: {e}")))?;
         if self.resumable.is_some() {
-            return self.push_resumable(batch);
+            return self.push_resumable(batch.into_owned());
         }
+        let batch = &*batch;
         let seq = self.seq + 1;
         if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
             // Not sent (a partial frame is never applied): not counted by `acknowledged`.
@@ -781,7 +789,7 @@ impl Client {
 
     /// `push` in a resumable session: the batch is kept until a SYNC makes it durable, and a
     /// dropped connection is resumed instead of failing the call.
-    fn push_resumable(&mut self, batch: &Batch) -> Result<(), ClientError> {
+    fn push_resumable(&mut self, batch: Batch) -> Result<(), ClientError> {
         let bytes = batch.features.len()
             * if matches!(batch.features, Features::F32(_)) {
                 4
@@ -794,10 +802,12 @@ impl Client {
         }
         let seq = self.seq + 1;
         let r = self.resumable.as_mut().expect("a resumable session");
-        r.kept.push_back((seq, batch.clone()));
+        r.kept.push_back((seq, batch));
         r.kept_bytes += bytes;
         self.seq = seq;
         self.unacked.push_back(seq);
+        let kept = &self.resumable.as_ref().expect("a resumable session").kept;
+        let batch = &kept.back().expect("the batch just kept").1;
         if let Err(source) = write_batch_frame(&mut self.writer, seq, batch) {
             let e = self.io_error(source, "sending BATCH");
             // Reconnecting sends this batch again with the other kept ones.
