@@ -246,8 +246,6 @@ pub const DEFAULT_MAX_UNSYNCED_BYTES: usize = 64 << 20;
 /// A resumable session: its id, and the batches it may still have to send again.
 struct Resumable {
     session: u64,
-    dim: usize,
-    dtype: Dtype,
     /// The server's eviction count when the session was opened ([`crate::ledger`]).
     evicted_at_open: u64,
     /// Every batch after `durable`, oldest first, with its number.
@@ -281,9 +279,8 @@ pub struct Client {
     /// Sequence numbers sent and not yet acknowledged, oldest first.
     unacked: std::collections::VecDeque<u64>,
     window: usize,
-    timeout: Option<Duration>,
     max_reply_bytes: usize,
-    /// How the connection was made, to make it again.
+    /// How the connection was made (and its current timeout), to make it again.
     options: ClientOptions,
     resumable: Option<Resumable>,
     max_unsynced_bytes: usize,
@@ -337,7 +334,6 @@ impl Client {
 
     /// A client on a new connection, before the handshake.
     fn dialled(address: &Address, options: &ClientOptions) -> Result<Client, ClientError> {
-        let timeout = options.timeout;
         let (reader, writer) = dial(address, options)?;
         Ok(Client {
             address: address.clone(),
@@ -350,7 +346,6 @@ impl Client {
             seq: 0,
             unacked: std::collections::VecDeque::new(),
             window: DEFAULT_WINDOW,
-            timeout,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             options: options.clone(),
             resumable: None,
@@ -447,14 +442,13 @@ impl Client {
                 address: self.address.to_string(),
                 source,
             })?;
-        self.timeout = timeout;
         self.options.timeout = timeout;
         Ok(())
     }
 
     /// The read/write timeout ([`set_timeout`](Client::set_timeout)).
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.options.timeout
     }
 
     /// Sets the largest reply frame accepted, in bytes (default 1 GiB);
@@ -536,7 +530,7 @@ impl Client {
         }
         self.writer.shutdown();
         let address = self.address.clone();
-        with_patience(&address, Some(reconnect), || {
+        with_patience(&address, reconnect, || {
             let reopened = self.reopen();
             if reopened.is_err() {
                 self.writer.shutdown();
@@ -572,9 +566,10 @@ impl Client {
             return Ok(());
         };
         let (session, durable, evicted_at_open) = (r.session, r.durable, r.evicted_at_open);
+        let (dim, dtype) = self.session.expect("a resumable session is open");
         let request = Request::Resume {
-            dim: r.dim as u64,
-            dtype: r.dtype,
+            dim: dim as u64,
+            dtype,
             session,
         };
         let (known, last, evicted) = match self.call_once(&request, "RESUME")? {
@@ -684,23 +679,12 @@ impl Client {
                 dtype,
                 session,
             };
-            // Registering a session twice is harmless: a dropped connection is made again.
-            let mut first = true;
-            let reply = with_patience(&self.address.clone(), self.options.reconnect, || {
-                if !std::mem::take(&mut first) {
-                    let (reader, writer) = dial(&self.address, &self.options)?;
-                    (self.reader, self.writer) = (reader, writer);
-                    self.handshake()?;
-                }
-                self.call(&request, "RESUME")
-            })?;
-            return match reply {
+            // Like the first connection, opening is not retried; resuming starts once open.
+            return match self.call(&request, "RESUME")? {
                 Reply::Resumed { samples, evicted, .. } => {
                     self.session = Some((dim, dtype));
                     self.resumable = Some(Resumable {
                         session,
-                        dim,
-                        dtype,
                         evicted_at_open: evicted,
                         kept: VecDeque::new(),
                         kept_bytes: 0,
@@ -954,7 +938,7 @@ impl Client {
         if is_timeout(&source) {
             self.writer.shutdown();
         }
-        classify(&self.address, source, doing, self.timeout)
+        classify(&self.address, source, doing, self.options.timeout)
     }
 
     fn unexpected(&self, request: &'static str, reply: &Reply) -> ClientError {
@@ -979,17 +963,13 @@ impl Drop for Client {
     }
 }
 
-/// Runs `attempt` until it succeeds, or fails with an error a reconnect does not cure, or
-/// (with `reconnect`) until the patience runs out: waits from `first_wait` doubling to
-/// `max_wait` between attempts. Without `reconnect`, runs it once.
+/// Runs `attempt` until it succeeds, fails with an error a reconnect does not cure, or the
+/// patience runs out: waits from `first_wait` doubling to `max_wait` between attempts.
 fn with_patience<T>(
     address: &Address,
-    reconnect: Option<Reconnect>,
+    reconnect: Reconnect,
     mut attempt: impl FnMut() -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
-    let Some(reconnect) = reconnect else {
-        return attempt();
-    };
     let started = Instant::now();
     let mut wait = reconnect.first_wait;
     let mut attempts = 0;
