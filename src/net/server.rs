@@ -592,36 +592,21 @@ fn read_requests(
                     samples: shared.producer.samples(),
                 })
             }
-            Request::Open { dim, dtype } => Outgoing::Now(if dim != shared.dim as u64 {
-                fatal(
-                    ErrorCode::Session,
-                    format!(
-                        "the server's state has dimension {}, the client sends {dim}",
-                        shared.dim
-                    ),
-                )
-            } else if session.is_some() {
-                fatal(ErrorCode::Session, "a second OPEN on one connection".into())
-            } else {
-                session = Some((shared.dim, dtype));
-                Reply::Opened {
-                    samples: shared.producer.samples(),
+            Request::Open { dim, dtype } => Outgoing::Now(match refuse_open(shared, dim, session) {
+                Some(refused) => refused,
+                None => {
+                    session = Some((shared.dim, dtype));
+                    Reply::Opened {
+                        samples: shared.producer.samples(),
+                    }
                 }
             }),
             Request::Resume {
                 dim,
                 dtype,
                 session: id,
-            } => Outgoing::Now(if dim != shared.dim as u64 {
-                fatal(
-                    ErrorCode::Session,
-                    format!(
-                        "the server's state has dimension {}, the client sends {dim}",
-                        shared.dim
-                    ),
-                )
-            } else if session.is_some() {
-                fatal(ErrorCode::Session, "a second OPEN on one connection".into())
+            } => Outgoing::Now(if let Some(refused) = refuse_open(shared, dim, session) {
+                refused
             } else {
                 match shared.producer.open_session(id) {
                     Ok(opened) => {
@@ -670,6 +655,27 @@ fn read_requests(
         if outgoing.send(next).is_err() || close {
             return;
         }
+    }
+}
+
+/// The fatal reply to an OPEN or RESUME of another dimension, or a second one on a
+/// connection; none if the session may open.
+fn refuse_open(shared: &Shared, dim: u64, session: Option<(usize, Dtype)>) -> Option<Reply> {
+    if dim != shared.dim as u64 {
+        Some(fatal(
+            ErrorCode::Session,
+            format!(
+                "the server's state has dimension {}, the client sends {dim}",
+                shared.dim
+            ),
+        ))
+    } else if session.is_some() {
+        Some(fatal(
+            ErrorCode::Session,
+            "a second OPEN on one connection".into(),
+        ))
+    } else {
+        None
     }
 }
 
