@@ -44,6 +44,7 @@ pub mod export;
 pub mod ingest;
 pub mod ledger;
 pub mod net;
+mod panic;
 pub mod pipeline;
 pub mod snapshot;
 pub mod solve;

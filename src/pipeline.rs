@@ -536,13 +536,10 @@ impl Reducer {
     pub fn join(self) -> Result<Stats, PipelineError> {
         match self.handle.join() {
             Ok(result) => result.map_err(PipelineError::ReducerFailed),
-            Err(panic) => Err(PipelineError::ReducerPanicked(
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into()),
-            )),
+            Err(panic) => Err(PipelineError::ReducerPanicked(crate::panic::message(
+                &*panic,
+                "unknown panic",
+            ))),
         }
     }
 }

@@ -32,19 +32,10 @@ fn ranges(rows: u64) -> [(u64, u64); 5] {
     ]
 }
 
-/// libFuzzer's hook aborts on every panic, even one that is caught. The reader catches the
-/// parquet crate's decoder panics (`headstart::ingest::parquet::decoding`) and returns them
-/// as errors, so only those are let through; any other panic still aborts.
-fn let_guarded_decoder_panics_through() {
-    let abort = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !headstart::ingest::parquet::decoding() {
-            abort(info);
-        }
-    }));
-}
-
-fuzz_target!(init: let_guarded_decoder_panics_through(), |data: &[u8]| {
+// libFuzzer's hook aborts on every panic, even one that is caught. The reader catches the
+// parquet crate's decoder panics and returns them as errors, so only those are let through;
+// any other panic still aborts.
+fuzz_target!(init: headstart::ingest::parquet::quiet_decoder_panics(), |data: &[u8]| {
     let path = path();
     std::fs::write(path, data).expect("writing the temporary file");
 

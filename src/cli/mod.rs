@@ -75,16 +75,11 @@ enum Command {
 /// Runs the CLI and returns the process exit code. Errors print as one line on stderr.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    // Past a file-size limit (RLIMIT_FSIZE) a write should fail with EFBIG, which names the
-    // file and leaves the old one in place, instead of SIGXFSZ killing the process.
     // The Parquet reader turns a panic of the parquet crate's decoder into an error naming
     // the file; the default hook would print it as a crash first.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !headstart::ingest::parquet::decoding() {
-            default_hook(info);
-        }
-    }));
+    headstart::ingest::parquet::quiet_decoder_panics();
+    // Past a file-size limit (RLIMIT_FSIZE) a write should fail with EFBIG, which names the
+    // file and leaves the old one in place, instead of SIGXFSZ killing the process.
     let _ = signal_hook::flag::register(
         signal_hook::consts::SIGXFSZ,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),

@@ -10,8 +10,8 @@ thread_local! {
     static DECODING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether this thread is inside a guarded parquet decode. A panic hook can use it to stay
-/// quiet about a panic that the reader turns into an error (the CLI's hook does).
+/// Whether this thread is inside a guarded parquet decode: a panic hook can use it to stay
+/// quiet about a panic that the reader turns into an error ([`quiet_decoder_panics`]).
 ///
 /// # Examples
 /// ```
@@ -27,13 +27,26 @@ pub(crate) fn guarded<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
     let result = catch_unwind(AssertUnwindSafe(decode));
     DECODING.with(|d| d.set(outer));
     result.map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let message = crate::panic::message(&*payload, "no message");
         format!("the parquet decoder failed on malformed data ({message})")
     })
+}
+
+/// Installs a panic hook that stays quiet about the decoder panics the reader turns into
+/// errors, and hands every other panic to the hook installed before (the CLI and the
+/// `parquet_file` fuzz target, whose libFuzzer hook aborts on any panic, use it).
+///
+/// # Examples
+/// ```
+/// headstart::ingest::parquet::quiet_decoder_panics();
+/// ```
+pub fn quiet_decoder_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !decoding() {
+            previous(info);
+        }
+    }));
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ use arrow_schema::DataType;
 
 mod guard;
 mod pages;
-pub use guard::decoding;
+pub use guard::{decoding, quiet_decoder_panics};
 pub use pages::{DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_ENV, max_page_bytes};
 
 use super::npy::Scalar;
