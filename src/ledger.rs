@@ -128,7 +128,8 @@ impl Ledger {
 
     fn touch(&mut self, session: u64) -> &mut Entry {
         self.clock += 1;
-        if !self.entries.contains_key(&session) && self.entries.len() >= MAX_SESSIONS {
+        // Only a new session can overflow the bound (the scan runs once per new session).
+        if self.entries.len() >= MAX_SESSIONS && !self.entries.contains_key(&session) {
             let oldest = self
                 .entries
                 .iter()

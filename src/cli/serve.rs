@@ -106,10 +106,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .listen
         .parse()
         .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
-    let mut ledger = headstart::ledger::Ledger::new();
-    let mut state = if args.state.exists() {
-        let (mut s, l) = snapshot::read_with_ledger(&args.state)?;
-        ledger = l;
+    // The session ledger comes with the state file; a new state has none.
+    let (mut state, ledger) = if args.state.exists() {
+        let (mut s, ledger) = snapshot::read_with_ledger(&args.state)?;
         if let Some(d) = args.dim.filter(|&d| d != s.input_dim()) {
             bail!(
                 "--dim {d} but {} has dimension {}",
@@ -127,9 +126,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
         s.set_precision(args.precision);
-        s
+        (s, ledger)
     } else {
-        match args.dim {
+        let state = match args.dim {
             Some(0) => bail!("--dim must be at least 1"),
             Some(d) if d > headstart::stats::MAX_DIM => {
                 bail!(
@@ -145,7 +144,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "{} does not exist; pass --dim to start an empty state",
                 args.state.display()
             ),
-        }
+        };
+        (state, headstart::ledger::Ledger::new())
     };
     state.set_threads(args.threads);
     let mut config = ServerConfig::new(args.state.clone());
